@@ -1,0 +1,227 @@
+//! `vanish`: an out-of-process PCI display card for QEMU that disappears on cue.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use device::ModelKind;
+use hotplug_ctl::control::{self, Request};
+use hotplug_ctl::runner::{self, KernelChoice, RunConfig};
+use hotplug_ctl::serve::{self, ServeConfig};
+use hotplug_ctl::exit;
+use images::Arch;
+
+#[derive(Parser)]
+#[command(name = "vanish", version, about = "Boot a kernel with an emulated display card, then make the card vanish")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Boot a guest kernel with the card and run scenarios against its driver.
+    Run(RunArgs),
+    /// Serve one card on a vfio-user socket for a QEMU you start yourself.
+    Serve(ServeArgs),
+    /// Send a control verb to a running card server: status, dead, alive, screenshot PATH.
+    Ctl {
+        /// The server's control socket (`vanish serve --control`).
+        #[arg(long)]
+        control: PathBuf,
+        #[arg(required = true, num_args = 1..)]
+        verb: Vec<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct CardArgs {
+    /// Card to emulate: hibmc (19e5:1711, hibmc-drm) or bochs (1234:1111, bochs-drm).
+    #[arg(long, default_value = "hibmc")]
+    model: ModelKind,
+    /// VRAM (BAR0) size in bytes; a power of two. Default: 32 MiB for hibmc, 16 MiB for bochs.
+    #[arg(long, value_parser = parse_size)]
+    vram_size: Option<u64>,
+    /// Serve this EDID (128 or 256 bytes) instead of the default 1024x768 monitor.
+    #[arg(long, conflicts_with = "no_monitor")]
+    edid: Option<PathBuf>,
+    /// No monitor attached: the card serves no EDID.
+    #[arg(long)]
+    no_monitor: bool,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    card: CardArgs,
+    /// Guest architecture: aarch64 (virt) or x86_64 (q35).
+    #[arg(long, default_value = "aarch64")]
+    arch: Arch,
+    /// Your kernel image (arch/arm64/boot/Image, arch/x86/boot/bzImage).
+    #[arg(long, conflicts_with = "debian_kernel")]
+    kernel: Option<PathBuf>,
+    /// Modules for --kernel: an INSTALL_MOD_PATH tree (holding lib/modules/RELEASE).
+    #[arg(long, requires = "kernel")]
+    modules: Option<PathBuf>,
+    /// A Debian kernel: 6.1 (bookworm), 6.12 (trixie), 7.2 (sid) or an exact ABI like 6.12.57+deb13.
+    #[arg(long, default_value = "6.12")]
+    debian_kernel: String,
+    /// Where to write report.json, console.log, screenshot.png.
+    #[arg(long, default_value = "vanish-out")]
+    out: PathBuf,
+    /// Seconds to wait for the guest to boot.
+    #[arg(long, default_value_t = 180)]
+    boot_timeout: u64,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    card: CardArgs,
+    /// vfio-user socket to listen on (must not exist).
+    #[arg(long)]
+    socket: PathBuf,
+    /// Control socket for `vanish ctl` (created mode 0600).
+    #[arg(long)]
+    control: Option<PathBuf>,
+}
+
+/// Sizes like 33554432, 0x2000000, 32M, 32MiB, 1G.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.trim_end_matches("iB").trim_end_matches('B').char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    let n = match num.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => num.parse(),
+    }
+    .map_err(|_| format!("'{s}' is not a size (try 32M or 33554432)"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("'{s}' is too large"))
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_millis()
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vanish: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::SKIP as u8);
+        }
+    };
+    let code = runtime.block_on(async {
+        tokio::select! {
+            code = dispatch(cli) => code,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("vanish: interrupted; stopping QEMU and the card server");
+                130
+            }
+        }
+    });
+    // Dropping the runtime drops every task: QEMU and server children are killed on drop,
+    // temp dirs removed.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    ExitCode::from(code as u8)
+}
+
+async fn dispatch(cli: Cli) -> i32 {
+    match cli.command {
+        Cmd::Run(args) => cmd_run(args).await,
+        Cmd::Serve(args) => {
+            let cfg = ServeConfig {
+                model: args.card.model,
+                socket: args.socket,
+                control: args.control,
+                vram_size: args.card.vram_size,
+                edid: args.card.edid,
+                no_monitor: args.card.no_monitor,
+            };
+            match serve::serve(cfg).await {
+                Ok(()) => exit::PASS,
+                Err(e) => {
+                    eprintln!("vanish serve: {e:#}");
+                    exit::SKIP
+                }
+            }
+        }
+        Cmd::Ctl { control: path, verb } => {
+            let request = match Request::from_words(&verb) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("vanish ctl: {e}");
+                    return exit::USAGE;
+                }
+            };
+            match control::request(&path, &request).await {
+                Ok(reply) => {
+                    println!("{}", serde_json::to_string_pretty(&reply).unwrap_or_default());
+                    if reply.ok {
+                        exit::PASS
+                    } else {
+                        exit::FAIL
+                    }
+                }
+                Err(e) => {
+                    eprintln!("vanish ctl: {e:#}");
+                    exit::SKIP
+                }
+            }
+        }
+    }
+}
+
+async fn cmd_run(args: RunArgs) -> i32 {
+    let kernel = match args.kernel {
+        Some(image) => {
+            if !image.is_file() {
+                eprintln!("vanish: kernel image {} does not exist", image.display());
+                return exit::SKIP;
+            }
+            KernelChoice::User { image, modules: args.modules }
+        }
+        None => KernelChoice::Debian(args.debian_kernel),
+    };
+    let cfg = RunConfig {
+        model: args.card.model,
+        arch: args.arch,
+        kernel,
+        out: args.out,
+        vram_size: args.card.vram_size,
+        edid: args.card.edid,
+        no_monitor: args.card.no_monitor,
+        boot_timeout: Duration::from_secs(args.boot_timeout),
+        bind_timeout: Duration::from_secs(60),
+    };
+    match runner::run(cfg).await {
+        Ok(report) => {
+            print!("{}", report.table());
+            report.exit_code()
+        }
+        Err(e) => {
+            eprintln!("vanish: {e:#}");
+            exit::SKIP
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("32M"), Ok(32 << 20));
+        assert_eq!(parse_size("32MiB"), Ok(32 << 20));
+        assert_eq!(parse_size("0x1000000"), Ok(16 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+    }
+}

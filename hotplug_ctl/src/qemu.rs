@@ -1,0 +1,207 @@
+//! Starting QEMU with the card, and capturing its serial console.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use images::{Arch, Qemu};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::Notify;
+
+use crate::guest::AGENT_PORT;
+
+/// The QEMU id of the card and of the hotplug-capable root port it sits on.
+pub const CARD_ID: &str = "gpu0";
+pub const ROOT_PORT_ID: &str = "rp1";
+
+/// How to build the VM.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    pub arch: Arch,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Extra kernel command line.
+    pub append: String,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub qmp_socket: PathBuf,
+    pub agent_socket: PathBuf,
+    /// The card's vfio-user socket, cold-plugged at boot; None boots with an empty slot.
+    pub card_socket: Option<PathBuf>,
+}
+
+/// QEMU's command line (after the program and its prefix arguments).
+pub fn args(cfg: &VmConfig) -> Vec<String> {
+    let mem = format!("{}M", cfg.memory_mib);
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    let console = cfg.arch.console();
+    match cfg.arch {
+        Arch::X86_64 => push(&[
+            "-machine",
+            "q35,memory-backend=mem",
+            // Native pciehp on the root port (as on real PCIe and on aarch64 virt) instead of
+            // ACPI hotplug, so device_del goes through the attention-button sequence.
+            "-global",
+            "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
+        ]),
+        Arch::Aarch64 => push(&[
+            "-machine",
+            "virt,gic-version=3,memory-backend=mem",
+            // pauth-impdef: the architected pointer-auth algorithm is very slow under TCG.
+            "-cpu",
+            "max,pauth-impdef=on",
+        ]),
+    }
+    push(&["-accel", "tcg", "-m", &mem, "-smp", &cfg.cpus.to_string()]);
+    push(&["-object", &format!("memory-backend-memfd,id=mem,size={mem},share=on")]);
+    // -nodefaults: no QEMU std VGA (itself a 1234:1111 that bochs-drm would grab instead).
+    push(&["-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio"]);
+    // Reserve windows so a hot-added card's BARs fit (firmware reads these; arm64 without
+    // firmware gets the pci=hpmem* parameters below instead).
+    push(&[
+        "-device",
+        &format!(
+            "pcie-root-port,id={ROOT_PORT_ID},bus=pcie.0,chassis=1,slot=1,mem-reserve=8M,pref32-reserve=64M"
+        ),
+    ]);
+    if let Some(socket) = &cfg.card_socket {
+        push(&["-device", &crate::serve::device_arg(socket, CARD_ID, ROOT_PORT_ID)]);
+    }
+    push(&[
+        "-device",
+        "virtio-serial-pci,id=vser0",
+        "-chardev",
+        &format!("socket,id=agent,path={},server=on,wait=off", cfg.agent_socket.display()),
+        "-device",
+        &format!("virtserialport,bus=vser0.0,chardev=agent,name={AGENT_PORT}"),
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", cfg.qmp_socket.display()),
+    ]);
+    let mut append = format!("console=tty0 console={console} panic=-1 loglevel=7");
+    if cfg.arch == Arch::Aarch64 {
+        append.push_str(" pci=hpmmiosize=8M,hpmmioprefsize=64M");
+    }
+    if !cfg.append.is_empty() {
+        append.push(' ');
+        append.push_str(&cfg.append);
+    }
+    push(&[
+        "-kernel",
+        &cfg.kernel.display().to_string(),
+        "-initrd",
+        &cfg.initrd.display().to_string(),
+        "-append",
+        &append,
+    ]);
+    a
+}
+
+/// The guest's serial console: every line, kept in memory and written to a file as it comes.
+#[derive(Default)]
+pub struct Console {
+    lines: Mutex<Vec<String>>,
+    changed: Notify,
+}
+
+impl Console {
+    /// Number of lines so far (a step's lines are those between two marks).
+    pub fn mark(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Lines `from..` as one string.
+    pub fn text_since(&self, from: usize) -> String {
+        let lines = self.lock();
+        lines.get(from..).map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    pub fn text(&self) -> String {
+        self.text_since(0)
+    }
+
+    /// The last `n` lines, for error messages.
+    pub fn tail(&self, n: usize) -> String {
+        let lines = self.lock();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Waits until a line from `from` on contains `needle`; returns its index.
+    pub async fn wait_for(&self, from: usize, needle: &str, wait: Duration) -> Option<usize> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.changed.notified();
+            if let Some(i) = self.lock().iter().skip(from).position(|l| l.contains(needle)) {
+                return Some(from + i);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, line: String) {
+        self.lock().push(line);
+        self.changed.notify_waiters();
+    }
+}
+
+/// A running QEMU. Dropping it kills QEMU.
+pub struct Vm {
+    child: Child,
+    pub console: Arc<Console>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Vm {
+    /// Starts QEMU; the console goes to `console_log`, QEMU's own messages to `qemu_log`.
+    pub async fn start(qemu: &Qemu, cfg: &VmConfig, console_log: &Path, qemu_log: &Path) -> Result<Vm> {
+        let mut cmd: Command = qemu.command().into();
+        cmd.args(args(cfg));
+        let stderr = std::fs::File::create(qemu_log).with_context(|| format!("creating {}", qemu_log.display()))?;
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr).kill_on_drop(true);
+        crate::die_with_parent(&mut cmd);
+        log::debug!("starting {cmd:?}");
+        let mut child = cmd.spawn().context("starting QEMU")?;
+        let Some(stdout) = child.stdout.take() else {
+            bail!("QEMU's stdout was not captured");
+        };
+        let console = Arc::new(Console::default());
+        let mut file = tokio::fs::File::create(console_log)
+            .await
+            .with_context(|| format!("creating {}", console_log.display()))?;
+        let sink = Arc::clone(&console);
+        let reader = tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).split(b'\n');
+            while let Ok(Some(raw)) = lines.next_segment().await {
+                let _ = file.write_all(&raw).await;
+                let _ = file.write_all(b"\n").await;
+                let line = String::from_utf8_lossy(&raw).trim_end_matches('\r').to_string();
+                sink.push(line);
+            }
+            let _ = file.flush().await;
+        });
+        Ok(Vm { child, console, reader })
+    }
+
+    /// Whether QEMU has exited (and how).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Stops QEMU: waits `grace` for it to exit on its own (after a guest poweroff or QMP
+    /// quit), then kills it; flushes the console log.
+    pub async fn stop(mut self, grace: Duration) {
+        if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.reader).await;
+    }
+}

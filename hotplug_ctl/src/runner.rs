@@ -1,0 +1,546 @@
+//! `vanish run`: provision, start the card server and QEMU, drive scenarios, judge them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use device::ModelKind;
+use images::{Arch, Cache, GuestKernel, InitramfsSpec, Qemu};
+use tokio::process::{Child, Command};
+
+use crate::agent::Agent;
+use crate::control::{self, Reply, Request};
+use crate::qemu::{Vm, VmConfig};
+use crate::qmp::Qmp;
+use crate::report::{FoundSplat, Report, ScenarioReport, Verdict};
+use crate::splat;
+
+/// Which kernel to boot.
+#[derive(Clone, Debug)]
+pub enum KernelChoice {
+    /// A Debian kernel package: "6.1", "6.12", "7.2" or an exact ABI.
+    Debian(String),
+    /// The user's own image, with an optional INSTALL_MOD_PATH tree.
+    User { image: PathBuf, modules: Option<PathBuf> },
+}
+
+/// Everything `vanish run` was asked to do.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub model: ModelKind,
+    pub arch: Arch,
+    pub kernel: KernelChoice,
+    pub out: PathBuf,
+    pub vram_size: Option<u64>,
+    pub edid: Option<PathBuf>,
+    pub no_monitor: bool,
+    /// Longest wait from QEMU start to the agent answering.
+    pub boot_timeout: Duration,
+    /// Longest wait for the driver to bind to the card.
+    pub bind_timeout: Duration,
+}
+
+/// Rig failures: the kernel was not judged.
+#[derive(Debug)]
+pub struct RigError(pub anyhow::Error);
+
+/// A `vanish serve` child process for one card.
+pub struct CardServer {
+    child: Child,
+    pub socket: PathBuf,
+    pub control: PathBuf,
+}
+
+impl CardServer {
+    /// Starts `vanish serve` and waits until its sockets exist.
+    pub async fn start(cfg: &RunConfig, dir: &Path, generation: u32, log: &Path) -> Result<CardServer> {
+        let socket = dir.join(format!("card{generation}.sock"));
+        let control = dir.join(format!("card{generation}.ctl"));
+        let exe = std::env::current_exe().context("finding the vanish executable")?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("serve")
+            .arg("--model")
+            .arg(cfg.model.name())
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--control")
+            .arg(&control);
+        if let Some(size) = cfg.vram_size {
+            cmd.arg("--vram-size").arg(size.to_string());
+        }
+        if let Some(edid) = &cfg.edid {
+            cmd.arg("--edid").arg(edid);
+        }
+        if cfg.no_monitor {
+            cmd.arg("--no-monitor");
+        }
+        let logfile = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        cmd.stdin(Stdio::null()).stdout(logfile.try_clone()?).stderr(logfile).kill_on_drop(true);
+        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        crate::die_with_parent(&mut cmd);
+        let mut child = cmd.spawn().context("starting the card server")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(socket.exists() && control.exists()) {
+            if let Some(status) = child.try_wait()? {
+                bail!("the card server exited ({status}) before listening; see {}", log.display());
+            }
+            if Instant::now() > deadline {
+                bail!("the card server did not create {} within 10 s", socket.display());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(CardServer { child, socket, control })
+    }
+
+    pub async fn request(&self, request: &Request) -> Result<Reply> {
+        control::request(&self.control, request).await
+    }
+
+    /// SIGKILL, as a crashing server would die.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(&self.control);
+    }
+
+    /// SIGTERM and wait, so the server removes its sockets itself.
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        if tokio::time::timeout(Duration::from_secs(3), self.child.wait()).await.is_err() {
+            self.kill().await;
+        }
+    }
+}
+
+/// What the guest says about our card (from `card_status` in the guest library).
+#[derive(Clone, Debug, Default)]
+pub struct CardStatus {
+    pub fields: BTreeMap<String, Vec<String>>,
+}
+
+impl CardStatus {
+    pub fn parse(text: &str) -> CardStatus {
+        let mut fields: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for line in text.lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                fields.entry(k.trim().to_string()).or_default().push(v.trim().to_string());
+            }
+        }
+        CardStatus { fields }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.fields.get(key).and_then(|v| v.first()).map(String::as_str).filter(|s| !s.is_empty())
+    }
+
+    pub fn all(&self, key: &str) -> &[String] {
+        self.fields.get(key).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn present(&self) -> bool {
+        self.get("present") == Some("1")
+    }
+
+    pub fn flag(&self, key: &str) -> bool {
+        self.get(key) == Some("1")
+    }
+}
+
+/// A booted guest with the card, and everything needed to drive it.
+pub struct Session {
+    pub cfg: RunConfig,
+    pub vm: Vm,
+    pub qmp: Qmp,
+    pub agent: Agent,
+    pub server: Option<CardServer>,
+    pub kernel_release: String,
+    pub dir: tempfile::TempDir,
+    pub server_generation: u32,
+}
+
+const AGENT_WAIT: Duration = Duration::from_secs(30);
+
+impl Session {
+    fn ids(&self) -> String {
+        let (v, d) = self.cfg.model.pci_id();
+        format!("{v:#06x} {d:#06x}")
+    }
+
+    /// The guest's view of the card.
+    pub async fn card_status(&mut self) -> Result<CardStatus> {
+        let cmd = format!(". /etc/vanish/lib.sh; card_status {}", self.ids());
+        Ok(CardStatus::parse(&self.agent.check(&cmd, AGENT_WAIT).await?))
+    }
+
+    /// Waits until the card's driver is bound and its DRM device exists.
+    pub async fn wait_bound(&mut self, wait: Duration) -> Result<CardStatus> {
+        let deadline = Instant::now() + wait;
+        let driver = self.cfg.model.linux_driver();
+        loop {
+            let status = self.card_status().await?;
+            if status.get("driver") == Some(driver) && status.get("drm").is_some() {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let what = match (status.present(), status.get("driver")) {
+                    (false, _) => "the card is not on the guest's PCI bus".to_string(),
+                    (true, None) => format!("{driver} did not bind to {}", status.get("pci_address").unwrap_or("?")),
+                    (true, Some(d)) if d != driver => format!("{d} bound instead of {driver}"),
+                    _ => format!("{driver} bound but created no DRM device"),
+                };
+                bail!("{what} within {wait:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// Saves what the card shows to `path` once fbcon has drawn something; returns the ink
+    /// ratio (fraction of non-background pixels).
+    pub async fn screenshot(&self, path: &Path, wait: Duration) -> Result<f64> {
+        let server = self.server.as_ref().ok_or_else(|| anyhow!("no card server is running"))?;
+        let deadline = Instant::now() + wait;
+        loop {
+            let reply = server.request(&Request::Screenshot { path: path.to_path_buf() }).await?;
+            let ink = reply.ink.unwrap_or(0.0);
+            if reply.ok && ink > 0.001 {
+                return Ok(ink);
+            }
+            if Instant::now() > deadline {
+                let why = reply.error.unwrap_or_else(|| "the screen stayed blank".into());
+                bail!("no picture on the card within {wait:?}: {why}");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Interrupts counted by the guest on the card's IRQ lines.
+    pub async fn irq_count(&mut self, name: &str) -> Result<u64> {
+        let out = self.agent.check(&format!(". /etc/vanish/lib.sh; irq_count {name}"), AGENT_WAIT).await?;
+        out.trim().parse().with_context(|| format!("bad irq count {out:?}"))
+    }
+}
+
+/// Runs a scenario body and turns its outcome and the kernel log into a report entry.
+pub struct ScenarioRun {
+    pub name: String,
+    start: Instant,
+    log_mark: usize,
+    pub driver_bound: bool,
+    pub pci_address: Option<String>,
+    pub screenshot: Option<PathBuf>,
+    pub problems: Vec<String>,
+    pub observations: BTreeMap<String, serde_json::Value>,
+    /// (first console line, step name) for splat attribution.
+    steps: Vec<(usize, String)>,
+    rig_error: Option<String>,
+}
+
+impl ScenarioRun {
+    pub fn begin(name: &str, session: &Session) -> ScenarioRun {
+        let mark = session.vm.console.mark();
+        ScenarioRun {
+            name: name.to_string(),
+            start: Instant::now(),
+            log_mark: mark,
+            driver_bound: false,
+            pci_address: None,
+            screenshot: None,
+            problems: Vec::new(),
+            observations: BTreeMap::new(),
+            steps: vec![(mark, "start".into())],
+            rig_error: None,
+        }
+    }
+
+    /// Marks the start of a step (for attributing splats).
+    pub fn step(&mut self, session: &Session, name: &str) {
+        self.steps.push((session.vm.console.mark(), name.to_string()));
+    }
+
+    pub fn observe(&mut self, key: &str, value: impl Into<serde_json::Value>) {
+        self.observations.insert(key.to_string(), value.into());
+    }
+
+    /// An expectation about the kernel did not hold.
+    pub fn fail(&mut self, problem: impl Into<String>) {
+        self.problems.push(problem.into());
+    }
+
+    /// The rig broke: the verdict is error, not fail.
+    pub fn rig_error(&mut self, problem: impl Into<String>) {
+        let p = problem.into();
+        self.problems.push(p.clone());
+        self.rig_error = Some(p);
+    }
+
+    pub fn finish(self, session: &Session) -> ScenarioReport {
+        let log = session.vm.console.text_since(self.log_mark);
+        let splats: Vec<FoundSplat> = splat::find_splats(&log)
+            .into_iter()
+            .map(|mut s| {
+                let at = self.log_mark + s.line.saturating_sub(1);
+                let step = self.steps.iter().rev().find(|(m, _)| *m <= at).map(|(_, n)| n.clone()).unwrap_or_default();
+                s.line = at + 1;
+                FoundSplat { splat: s, step }
+            })
+            .collect();
+        let verdict = if self.rig_error.is_some() {
+            Verdict::Error
+        } else if !self.problems.is_empty() || !splats.is_empty() {
+            Verdict::Fail
+        } else {
+            Verdict::Pass
+        };
+        let mut problems = self.problems;
+        for s in &splats {
+            problems.push(format!("{} during '{}': {}", s.splat.kind.as_str(), s.step, s.splat.first_line));
+        }
+        ScenarioReport {
+            name: self.name,
+            verdict,
+            driver_bound: self.driver_bound,
+            pci_address: self.pci_address,
+            splats,
+            screenshot: self.screenshot,
+            duration_s: self.start.elapsed().as_secs_f64(),
+            problems,
+            observations: self.observations,
+            kernel_log: log.lines().map(str::to_string).collect(),
+        }
+    }
+}
+
+fn print_step(msg: &str) {
+    eprintln!("vanish: {msg}");
+}
+
+/// Provisions QEMU, the kernel and the initramfs for `cfg` (blocking work, off the runtime).
+async fn provision(cfg: &RunConfig, dir: &Path) -> Result<(Qemu, GuestKernel, PathBuf)> {
+    let cfg = cfg.clone();
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || -> Result<_> {
+        let cache = Cache::from_env()?;
+        let qemu = images::provision_qemu(&cache, cfg.arch)?;
+        let kernel = match &cfg.kernel {
+            KernelChoice::Debian(v) => images::provision_debian_kernel(&cache, cfg.arch, v)?,
+            KernelChoice::User { image, modules } => images::user_kernel(cfg.arch, image, modules.as_deref())?,
+        };
+        let driver = cfg.model.linux_module();
+        let wanted = ["virtio_pci", "virtio_console", driver];
+        let lib = dir.join("lib.sh");
+        std::fs::write(&lib, crate::guest::LIB)?;
+        // The initramfs holds the module list; which of them is the card driver is decided
+        // here, so build once with placeholder lists, then split the load order.
+        let probe = images::build_initramfs(
+            &cache,
+            &InitramfsSpec { kernel: &kernel, modules: &wanted, init: crate::guest::INIT, files: &[] },
+        )?;
+        let is_driver = |path: &str| {
+            let stem = path.rsplit('/').next().unwrap_or(path);
+            let stem = stem.split('.').next().unwrap_or(stem);
+            stem.replace('-', "_") == driver.replace('-', "_")
+        };
+        let (drivers, support): (Vec<String>, Vec<String>) =
+            probe.load_order.iter().cloned().partition(|p| is_driver(p));
+        if probe.missing_modules.iter().any(|m| m == driver) {
+            bail!(
+                "kernel {} has no {} driver (neither built in nor as a module): it cannot drive a {} card",
+                kernel.release,
+                cfg.model.linux_driver(),
+                cfg.model.name()
+            );
+        }
+        let (v, d) = cfg.model.pci_id();
+        let write = |name: &str, body: String| -> Result<PathBuf> {
+            let p = dir.join(name);
+            std::fs::write(&p, body)?;
+            Ok(p)
+        };
+        let modules = write("modules", support.join("\n") + "\n")?;
+        let driver_modules = write("driver-modules", drivers.join("\n") + "\n")?;
+        let bme = write(
+            "bme-ids",
+            if cfg.model == ModelKind::Hibmc { format!("{v:#06x} {d:#06x}\n") } else { String::new() },
+        )?;
+        let files = [
+            ("/etc/vanish/lib.sh", lib.as_path(), 0o644),
+            ("/etc/vanish/modules", modules.as_path(), 0o644),
+            ("/etc/vanish/driver-modules", driver_modules.as_path(), 0o644),
+            ("/etc/vanish/bme-ids", bme.as_path(), 0o644),
+        ];
+        let initramfs = images::build_initramfs(
+            &cache,
+            &InitramfsSpec { kernel: &kernel, modules: &wanted, init: crate::guest::INIT, files: &files },
+        )?;
+        Ok((qemu, kernel, initramfs.path))
+    })
+    .await?
+}
+
+/// Boots the guest with a cold-plugged card; returns once the agent answers.
+async fn boot(cfg: &RunConfig, qemu: &Qemu, kernel: &GuestKernel, initrd: &Path) -> Result<Session> {
+    let dir = tempfile::Builder::new().prefix("vanish-").tempdir().context("creating a temp dir")?;
+    let server = CardServer::start(cfg, dir.path(), 0, &cfg.out.join("server.log")).await?;
+    let vm_cfg = VmConfig {
+        arch: cfg.arch,
+        kernel: kernel.image.clone(),
+        initrd: initrd.to_path_buf(),
+        append: String::new(),
+        memory_mib: 1024,
+        cpus: 2,
+        qmp_socket: dir.path().join("qmp.sock"),
+        agent_socket: dir.path().join("agent.sock"),
+        card_socket: Some(server.socket.clone()),
+    };
+    print_step(&format!("booting {} ({}) with a {} card", kernel.release, cfg.arch.debian(), cfg.model.name()));
+    let mut vm = Vm::start(qemu, &vm_cfg, &cfg.out.join("console.log"), &cfg.out.join("qemu.log")).await?;
+    let qmp = Qmp::connect(&vm_cfg.qmp_socket, Duration::from_secs(20)).await;
+    let qmp = match qmp {
+        Ok(q) => q,
+        Err(e) => {
+            let qemu_log = std::fs::read_to_string(cfg.out.join("qemu.log")).unwrap_or_default();
+            bail!("QEMU did not come up: {e:#}\n{}", qemu_log.trim_end());
+        }
+    };
+    let mut agent = Agent::connect(&vm_cfg.agent_socket, Duration::from_secs(10)).await?;
+    let started = Instant::now();
+    let ready = tokio::select! {
+        r = agent.run("uname -r", cfg.boot_timeout) => r,
+        _ = async { loop { if vm.exited().is_some() { break; } tokio::time::sleep(Duration::from_millis(200)).await; } } => {
+            Err(anyhow!("QEMU exited during boot"))
+        }
+    };
+    let release = match ready {
+        Ok(out) => out.stdout.trim().to_string(),
+        Err(e) => bail!("the guest did not come up: {e:#}; last console lines:\n{}", vm.console.tail(15)),
+    };
+    print_step(&format!("guest up in {:.1}s", started.elapsed().as_secs_f64()));
+    Ok(Session {
+        cfg: cfg.clone(),
+        vm,
+        qmp,
+        agent,
+        server: Some(server),
+        kernel_release: release,
+        dir,
+        server_generation: 0,
+    })
+}
+
+/// The `boot` scenario: the driver binds to our card, draws fbcon, (hibmc) takes vblank IRQs.
+pub async fn scenario_boot(session: &mut Session) -> ScenarioReport {
+    let mut run = ScenarioRun::begin("boot", session);
+    if let Err(e) = boot_checks(session, &mut run).await {
+        run.rig_error(format!("{e:#}"));
+    }
+    run.finish(session)
+}
+
+async fn boot_checks(session: &mut Session, run: &mut ScenarioRun) -> Result<()> {
+    run.step(session, "wait-bound");
+    let bind_timeout = session.cfg.bind_timeout;
+    let status = session.wait_bound(bind_timeout).await?;
+    run.driver_bound = true;
+    run.pci_address = status.get("pci_address").map(str::to_string);
+    print_step(&format!(
+        "{} bound to {}",
+        session.cfg.model.linux_driver(),
+        run.pci_address.as_deref().unwrap_or("?")
+    ));
+    for key in ["pci_address", "parent", "parent_id", "parent_class", "command", "drm", "fb0_size", "irq"] {
+        if let Some(v) = status.get(key) {
+            run.observe(key, v);
+        }
+    }
+    run.observe("connectors", status.all("connector").to_vec());
+    run.observe("modes", status.all("modes").to_vec());
+    run.observe("fb0", status.flag("fb0"));
+    run.observe("dri_card0", status.flag("dri_card0"));
+    if !status.flag("fb0") {
+        run.fail("/dev/fb0 does not exist: no fbdev emulation on our card");
+    }
+    if !status.flag("dri_card0") {
+        run.fail("/dev/dri/card0 does not exist");
+    }
+    // The card sits behind the hotplug root port (QEMU's pcie-root-port is 1b36:000c).
+    if status.get("parent_id") != Some("0x1b36:0x000c") {
+        run.fail(format!("the card is not behind the pcie-root-port (parent {:?})", status.get("parent_id")));
+    }
+
+    run.step(session, "screenshot");
+    let shot = session.cfg.out.join("screenshot.png");
+    let ink = session.screenshot(&shot, Duration::from_secs(30)).await?;
+    run.observe("screenshot_ink", ink);
+    run.screenshot = Some(shot);
+    if let Some(server) = &session.server {
+        if let Ok(reply) = server.request(&Request::Status).await {
+            if let Some(st) = reply.status {
+                run.observe("scanout", st.scanout.clone().unwrap_or_default());
+                run.observe("unimplemented_accesses", st.unimplemented_accesses);
+            }
+        }
+    }
+
+    if session.cfg.model == ModelKind::Hibmc {
+        run.step(session, "vblank");
+        let a = session.irq_count("hibmc").await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let b = session.irq_count("hibmc").await?;
+        run.observe("vblank_irqs_per_s", b.saturating_sub(a));
+        // Vblank IRQs flow only while something waits for vblank; after fbcon's modeset they
+        // may stop (drm_vblank_off). Count what the card sent too.
+    }
+    Ok(())
+}
+
+/// `vanish run`: everything, from provisioning to the report. Never returns Err for rig
+/// problems: those become a report with an error and exit code 125.
+pub async fn run(cfg: RunConfig) -> Result<Report> {
+    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
+    let started = Instant::now();
+    let mut report = Report {
+        vanish_version: env!("CARGO_PKG_VERSION").to_string(),
+        qemu_version: String::new(),
+        kernel: String::new(),
+        kernel_image: PathBuf::new(),
+        arch: cfg.arch.debian().to_string(),
+        model: cfg.model.name().to_string(),
+        console_log: cfg.out.join("console.log"),
+        duration_s: 0.0,
+        scenarios: Vec::new(),
+        error: None,
+    };
+    let work = tempfile::Builder::new().prefix("vanish-initrd-").tempdir()?;
+    let result: Result<()> = async {
+        let (qemu, kernel, initrd) = provision(&cfg, work.path()).await?;
+        report.qemu_version = qemu.version.clone();
+        report.kernel = kernel.release.clone();
+        report.kernel_image = kernel.image.clone();
+        let mut session = boot(&cfg, &qemu, &kernel, &initrd).await?;
+        report.kernel = session.kernel_release.clone();
+        report.scenarios.push(scenario_boot(&mut session).await);
+        shutdown(session).await;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        report.error = Some(format!("{e:#}"));
+    }
+    report.duration_s = started.elapsed().as_secs_f64();
+    report.write_json(&cfg.out.join("report.json"))?;
+    Ok(report)
+}
+
+/// Powers the guest off and stops everything.
+pub async fn shutdown(mut session: Session) {
+    let _ = session.qmp.execute("quit", serde_json::json!({})).await;
+    session.vm.stop(Duration::from_secs(5)).await;
+    if let Some(server) = session.server.take() {
+        server.stop().await;
+    }
+}

@@ -1,0 +1,58 @@
+# vanish guest library: sourced by /init and by agent commands (". /etc/vanish/lib.sh; ...").
+
+# find_card VENDOR DEVICE: PCI addresses of functions with these IDs (0x-prefixed hex).
+find_card() {
+	for d in /sys/bus/pci/devices/*; do
+		[ -e "$d/vendor" ] || continue
+		[ "$(cat "$d/vendor")" = "$1" ] && [ "$(cat "$d/device")" = "$2" ] && echo "${d##*/}"
+	done
+}
+
+# set_bus_master BDF: COMMAND |= MEMORY | MASTER through sysfs config space.
+set_bus_master() {
+	printf '\006' | dd of="/sys/bus/pci/devices/$1/config" bs=1 seek=4 count=1 conv=notrunc 2>/dev/null
+}
+
+# card_status VENDOR DEVICE: key=value lines describing our card as the guest sees it.
+card_status() {
+	bdf=$(find_card "$1" "$2" | head -n 1)
+	if [ -z "$bdf" ]; then
+		echo "present=0"
+		return 0
+	fi
+	d=/sys/bus/pci/devices/$bdf
+	echo "present=1"
+	echo "pci_address=$bdf"
+	echo "sysfs_path=$(readlink -f "$d")"
+	parent=$(basename "$(dirname "$(readlink -f "$d")")")
+	echo "parent=$parent"
+	if [ -e "/sys/bus/pci/devices/$parent/vendor" ]; then
+		echo "parent_id=$(cat "/sys/bus/pci/devices/$parent/vendor"):$(cat "/sys/bus/pci/devices/$parent/device")"
+		echo "parent_class=$(cat "/sys/bus/pci/devices/$parent/class")"
+	fi
+	if [ -e "$d/driver" ]; then
+		echo "driver=$(basename "$(readlink "$d/driver")")"
+	else
+		echo "driver="
+	fi
+	echo "command=$(od -An -tx2 -j4 -N2 "$d/config" | tr -d ' ')"
+	for c in "$d"/drm/card*; do
+		[ -e "$c" ] && echo "drm=${c##*/}"
+	done
+	[ -e /dev/fb0 ] && echo "fb0=1" || echo "fb0=0"
+	[ -e /dev/dri/card0 ] && echo "dri_card0=1" || echo "dri_card0=0"
+	for conn in "$d"/drm/card*/card*-*; do
+		[ -e "$conn/status" ] || continue
+		echo "connector=${conn##*/} $(cat "$conn/status")"
+		echo "modes=${conn##*/} $(tr '\n' ' ' < "$conn/modes")"
+	done
+	[ -e /sys/class/graphics/fb0/virtual_size ] && echo "fb0_size=$(cat /sys/class/graphics/fb0/virtual_size)"
+	irq=$(grep -E 'hibmc|bochs' /proc/interrupts | head -n 1)
+	[ -n "$irq" ] && echo "irq=$(echo $irq | tr -s ' ')"
+	return 0
+}
+
+# irq_count NAME: total interrupts on lines whose action name matches.
+irq_count() {
+	grep "$1" /proc/interrupts | awk '{ n = 0; for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) n += $i; else break; t += n } END { print t + 0 }'
+}
