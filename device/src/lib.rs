@@ -93,7 +93,7 @@ pub struct CardOptions {
 pub fn build_model(kind: ModelKind, options: &CardOptions) -> Result<Box<dyn DeviceModel>, ModelError> {
     Ok(match kind {
         ModelKind::Bochs => Box::new(bochs::Bochs::new(options)?),
-        ModelKind::Hibmc => hibmc::Hibmc::new(options)?,
+        ModelKind::Hibmc => Box::new(hibmc::Hibmc::new(options)?),
     })
 }
 

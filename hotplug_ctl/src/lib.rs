@@ -4,12 +4,16 @@
 pub mod agent;
 pub mod control;
 pub mod guest;
+pub mod output;
+pub mod pattern;
 pub mod qemu;
 pub mod qmp;
 pub mod report;
 pub mod runner;
+pub mod scenario;
 pub mod serve;
 pub mod splat;
+pub mod steps;
 
 /// Exit codes, chosen for `git bisect run`.
 pub mod exit {

@@ -11,6 +11,7 @@ use hotplug_ctl::control::{self, Request};
 use hotplug_ctl::runner::{self, KernelChoice, RunConfig};
 use hotplug_ctl::serve::{self, ServeConfig};
 use hotplug_ctl::exit;
+use hotplug_ctl::scenario::{self, Removal, Scenario};
 use images::Arch;
 
 #[derive(Parser)]
@@ -26,6 +27,8 @@ enum Cmd {
     Run(RunArgs),
     /// Serve one card on a vfio-user socket for a QEMU you start yourself.
     Serve(ServeArgs),
+    /// List the built-in scenarios.
+    List,
     /// Send a control verb to a running card server: status, dead, alive, screenshot PATH.
     Ctl {
         /// The server's control socket (`vanish serve --control`).
@@ -74,6 +77,23 @@ struct RunArgs {
     /// Seconds to wait for the guest to boot.
     #[arg(long, default_value_t = 180)]
     boot_timeout: u64,
+    /// Scenario to run after the boot checks: a built-in name (see `vanish list`), a TOML file,
+    /// or `boot` for the boot checks alone. Repeatable. Default: the whole built-in set.
+    #[arg(long = "scenario", value_name = "NAME|FILE", conflicts_with = "unplug")]
+    scenarios: Vec<String>,
+    /// Remove the card in this way and bring it back: unbind, remove-rescan, hot-unplug,
+    /// surprise, server-crash.
+    #[arg(long, value_name = "MODE")]
+    unplug: Option<Removal>,
+    /// Cycles of --unplug in one boot.
+    #[arg(long, default_value_t = 1, requires = "unplug", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    repeat: u32,
+    /// Also write the results as JUnit XML (one testcase per scenario).
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Also write the results as KernelCI KCIDB v4 JSON.
+    #[arg(long, value_name = "FILE")]
+    kcidb: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -135,6 +155,14 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> i32 {
     match cli.command {
         Cmd::Run(args) => cmd_run(args).await,
+        Cmd::List => {
+            println!("{:<26} DESCRIPTION", "SCENARIO");
+            println!("{:<26} the driver binds, draws fbcon (hibmc: EDID modes, vblank IRQs); always run first", "boot");
+            for s in scenario::builtin() {
+                println!("{:<26} {}", s.name, s.description);
+            }
+            exit::PASS
+        }
         Cmd::Serve(args) => {
             let cfg = ServeConfig {
                 model: args.card.model,
@@ -185,9 +213,38 @@ async fn cmd_run(args: RunArgs) -> i32 {
                 eprintln!("vanish: kernel image {} does not exist", image.display());
                 return exit::SKIP;
             }
+            if let Some(m) = args.modules.as_ref().filter(|m| !m.is_dir()) {
+                eprintln!("vanish: modules directory {} does not exist", m.display());
+                return exit::SKIP;
+            }
             KernelChoice::User { image, modules: args.modules }
         }
         None => KernelChoice::Debian(args.debian_kernel),
+    };
+    let scenarios = if let Some(mode) = args.unplug {
+        (1..=args.repeat)
+            .map(|i| {
+                let mut s = Scenario::cycle(mode);
+                if args.repeat > 1 {
+                    s.name = format!("{}#{i}", s.name);
+                }
+                s
+            })
+            .collect()
+    } else if args.scenarios.is_empty() {
+        scenario::builtin()
+    } else {
+        let mut list = Vec::new();
+        for name in args.scenarios.iter().filter(|n| n.as_str() != "boot") {
+            match Scenario::resolve(name) {
+                Ok(s) => list.push(s),
+                Err(e) => {
+                    eprintln!("vanish: {e}");
+                    return exit::USAGE;
+                }
+            }
+        }
+        list
     };
     let cfg = RunConfig {
         model: args.card.model,
@@ -199,10 +256,15 @@ async fn cmd_run(args: RunArgs) -> i32 {
         no_monitor: args.card.no_monitor,
         boot_timeout: Duration::from_secs(args.boot_timeout),
         bind_timeout: Duration::from_secs(60),
+        scenarios,
     };
     match runner::run(cfg).await {
         Ok(report) => {
             print!("{}", report.table());
+            if let Err(e) = hotplug_ctl::output::write_outputs(&report, args.junit.as_deref(), args.kcidb.as_deref(), "vanish") {
+                eprintln!("vanish: {e:#}");
+                return exit::SKIP;
+            }
             report.exit_code()
         }
         Err(e) => {

@@ -174,9 +174,13 @@ impl Vm {
             bail!("QEMU's stdout was not captured");
         };
         let console = Arc::new(Console::default());
-        let mut file = tokio::fs::File::create(console_log)
+        // Appended: a run that reboots keeps every boot's log in one file.
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(console_log)
             .await
-            .with_context(|| format!("creating {}", console_log.display()))?;
+            .with_context(|| format!("opening {}", console_log.display()))?;
         let sink = Arc::clone(&console);
         let reader = tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).split(b'\n');

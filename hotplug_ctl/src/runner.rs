@@ -15,7 +15,9 @@ use crate::control::{self, Reply, Request};
 use crate::qemu::{Vm, VmConfig};
 use crate::qmp::Qmp;
 use crate::report::{FoundSplat, Report, ScenarioReport, Verdict};
+use crate::scenario::{ClientKind, Removal, Scenario};
 use crate::splat;
+use crate::steps::StepError;
 
 /// Which kernel to boot.
 #[derive(Clone, Debug)]
@@ -40,6 +42,9 @@ pub struct RunConfig {
     pub boot_timeout: Duration,
     /// Longest wait for the driver to bind to the card.
     pub bind_timeout: Duration,
+    /// Scenarios to run after the boot checks, in one boot (a scenario that does not pass
+    /// gets a fresh boot before the next one).
+    pub scenarios: Vec<Scenario>,
 }
 
 /// Rig failures: the kernel was not judged.
@@ -161,6 +166,21 @@ pub struct Session {
     pub kernel_release: String,
     pub dir: tempfile::TempDir,
     pub server_generation: u32,
+    /// The card's address in the guest, as of the last wait-bound or re-plug.
+    pub pci_address: Option<String>,
+    /// How the card last left, so `replug` knows how to bring it back.
+    pub last_removal: Option<Removal>,
+    /// Clients started and not yet closed.
+    pub clients: BTreeMap<String, ClientKind>,
+    /// Final reports of closed clients.
+    pub client_final: BTreeMap<String, serde_json::Value>,
+    /// The card the clients opened has left since.
+    pub clients_stale: bool,
+    /// The driver bound at least once in this boot (later bind failures are the kernel's).
+    pub ever_bound: bool,
+    /// A guest command timed out: the agent may be blocked in the kernel; reboot before more.
+    pub agent_stuck: bool,
+    pub screenshots: u32,
 }
 
 const AGENT_WAIT: Duration = Duration::from_secs(30);
@@ -429,6 +449,14 @@ async fn boot(cfg: &RunConfig, qemu: &Qemu, kernel: &GuestKernel, initrd: &Path)
         kernel_release: release,
         dir,
         server_generation: 0,
+        pci_address: None,
+        last_removal: None,
+        clients: BTreeMap::new(),
+        client_final: BTreeMap::new(),
+        clients_stale: false,
+        ever_bound: false,
+        agent_stuck: false,
+        screenshots: 0,
     })
 }
 
@@ -447,6 +475,8 @@ async fn boot_checks(session: &mut Session, run: &mut ScenarioRun) -> Result<()>
     let status = session.wait_bound(bind_timeout).await?;
     run.driver_bound = true;
     run.pci_address = status.get("pci_address").map(str::to_string);
+    session.pci_address.clone_from(&run.pci_address);
+    session.ever_bound = true;
     print_step(&format!(
         "{} bound to {}",
         session.cfg.model.linux_driver(),
@@ -498,10 +528,42 @@ async fn boot_checks(session: &mut Session, run: &mut ScenarioRun) -> Result<()>
     Ok(())
 }
 
+/// Runs one scenario's steps; the first step that does not hold ends it.
+pub async fn run_scenario(session: &mut Session, scenario: &Scenario) -> ScenarioReport {
+    print_step(&format!("scenario {}", scenario.name));
+    let mut run = ScenarioRun::begin(&scenario.name, session);
+    run.driver_bound = session.ever_bound;
+    run.pci_address.clone_from(&session.pci_address);
+    for step in &scenario.steps {
+        match session.run_step(&mut run, step).await {
+            Ok(()) => {}
+            Err(StepError::Fail(m)) => {
+                run.fail(format!("{step}: {m}"));
+                break;
+            }
+            Err(StepError::Rig(m)) => {
+                run.rig_error(format!("{step}: {m}"));
+                break;
+            }
+        }
+    }
+    // Clients the scenario left running are closed so the next scenario starts clean.
+    let leftover: Vec<String> = session.clients.keys().cloned().collect();
+    for name in leftover {
+        let _ = session.agent.run(&format!("@client stop {name} 5000"), Duration::from_secs(15)).await;
+        session.clients.remove(&name);
+    }
+    session.client_final.clear();
+    run.finish(session)
+}
+
 /// `vanish run`: everything, from provisioning to the report. Never returns Err for rig
 /// problems: those become a report with an error and exit code 125.
 pub async fn run(cfg: RunConfig) -> Result<Report> {
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
+    for stale in ["console.log", "qemu.log", "server.log", "report.json", "screenshot.png"] {
+        let _ = std::fs::remove_file(cfg.out.join(stale));
+    }
     let started = Instant::now();
     let mut report = Report {
         vanish_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -523,7 +585,25 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
         report.kernel_image = kernel.image.clone();
         let mut session = boot(&cfg, &qemu, &kernel, &initrd).await?;
         report.kernel = session.kernel_release.clone();
-        report.scenarios.push(scenario_boot(&mut session).await);
+        let boot_report = scenario_boot(&mut session).await;
+        let mut healthy = boot_report.verdict == Verdict::Pass;
+        let boot_error = boot_report.verdict == Verdict::Error;
+        report.scenarios.push(boot_report);
+        if boot_error {
+            shutdown(session).await;
+            return Ok(());
+        }
+        for scenario in &cfg.scenarios {
+            if !healthy || session.agent_stuck {
+                print_step("fresh boot after a scenario that did not pass");
+                shutdown(session).await;
+                session = boot(&cfg, &qemu, &kernel, &initrd).await?;
+            }
+            let result = run_scenario(&mut session, scenario).await;
+            print_step(&format!("{}: {}", result.name, result.verdict.as_str()));
+            healthy = result.verdict == Verdict::Pass;
+            report.scenarios.push(result);
+        }
         shutdown(session).await;
         Ok(())
     }

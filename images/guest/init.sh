@@ -44,6 +44,11 @@ if [ -z "$port" ]; then
 	poweroff -f
 fi
 echo "vanish: agent on $port"
+# The static Rust agent (images/agent) adds userspace DRM/fbdev clients; the shell loop below
+# speaks the same line protocol for plain commands.
+if [ -x /bin/vanish-agent ]; then
+	exec /bin/vanish-agent serve --port "$port"
+fi
 exec 3<>"$port"
 while IFS= read -r line <&3; do
 	sh -c "$line" >&3 2>&1 </dev/null

@@ -56,3 +56,10 @@ card_status() {
 irq_count() {
 	grep "$1" /proc/interrupts | awk '{ n = 0; for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) n += $i; else break; t += n } END { print t + 0 }'
 }
+
+# read_bar BDF BAR OFFSET: one 32-bit read of a memory BAR, as the CPU sees it (0x-hex).
+read_bar() {
+	start=$(sed -n "$(($2 + 1))p" "/sys/bus/pci/devices/$1/resource" | cut -d' ' -f1)
+	[ -n "$start" ] && [ "$start" != 0x0000000000000000 ] || { echo "BAR $2 of $1 is not assigned" >&2; return 1; }
+	devmem $((start + $3)) 32
+}

@@ -1,0 +1,447 @@
+//! Scenarios: named lists of steps run in one boot, from TOML files or the built-in set.
+//!
+//! ```toml
+//! name = "hotreplug"
+//! description = "remove the card while a client holds it open, rescan while the old fd is open"
+//! steps = [
+//!   "wait-bound",
+//!   "client idle-open",
+//!   "unplug remove-rescan",
+//!   "expect gone",
+//!   "rescan",
+//!   "wait-bound",
+//!   "close idle-open",
+//!   { repeat = 3, steps = ["unplug hot-unplug", "replug", "wait-bound"] },
+//! ]
+//! ```
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// How the card leaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Removal {
+    /// The guest unbinds the driver through sysfs; `bind` brings it back.
+    Unbind,
+    /// The guest removes the PCI device through sysfs; a bus `rescan` brings it back.
+    RemoveRescan,
+    /// QMP `device_del`: the guest's pciehp removes the device; `replug` brings a new card.
+    HotUnplug,
+    /// The card goes dead first (all-ones, no interrupts), then `device_del`.
+    Surprise,
+    /// The card server is SIGKILLed, then `device_del`.
+    ServerCrash,
+}
+
+impl Removal {
+    pub const ALL: [Removal; 5] =
+        [Removal::Unbind, Removal::RemoveRescan, Removal::HotUnplug, Removal::Surprise, Removal::ServerCrash];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Removal::Unbind => "unbind",
+            Removal::RemoveRescan => "remove-rescan",
+            Removal::HotUnplug => "hot-unplug",
+            Removal::Surprise => "surprise",
+            Removal::ServerCrash => "server-crash",
+        }
+    }
+
+    /// Whether the card leaves the guest's PCI bus (not just its driver).
+    pub fn leaves_bus(self) -> bool {
+        self != Removal::Unbind
+    }
+
+    /// Whether the card leaves QEMU too, so coming back needs a new server and `device_add`.
+    pub fn leaves_vm(self) -> bool {
+        matches!(self, Removal::HotUnplug | Removal::Surprise | Removal::ServerCrash)
+    }
+}
+
+impl std::str::FromStr for Removal {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Removal::ALL.into_iter().find(|r| r.name() == s).ok_or_else(|| {
+            format!(
+                "unknown removal mode '{s}' (expected {})",
+                Removal::ALL.map(|r| r.name()).join(", ")
+            )
+        })
+    }
+}
+
+/// Userspace clients the guest agent runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ClientKind {
+    /// Sets a mode with its own dumb buffer, keeps drawing through its mmap.
+    Kms,
+    /// Keeps writing to /dev/fb0 through its mmap.
+    Fbdev,
+    /// Holds /dev/dri/card0 open and does nothing.
+    IdleOpen,
+}
+
+impl ClientKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientKind::Kms => "kms",
+            ClientKind::Fbdev => "fbdev",
+            ClientKind::IdleOpen => "idle-open",
+        }
+    }
+}
+
+impl std::str::FromStr for ClientKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "kms" => Ok(ClientKind::Kms),
+            "fbdev" => Ok(ClientKind::Fbdev),
+            "idle-open" => Ok(ClientKind::IdleOpen),
+            _ => Err(format!("unknown client '{s}' (expected kms, fbdev or idle-open)")),
+        }
+    }
+}
+
+/// Something that must hold at a point of a scenario.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// The driver is bound to the card and its DRM device exists.
+    Bound,
+    /// The card is on the bus but no driver is bound; /dev/dri/card0 is gone.
+    Unbound,
+    /// The card is gone from /sys/bus/pci/devices and /dev/dri/card0 is gone.
+    Gone,
+    /// The card shows a picture (not a blank screen).
+    Drawing,
+    /// The card shows the kms client's colour bars.
+    Pattern,
+    /// Reads of the card's register BAR return all-ones (a dead card).
+    BarReadsOnes,
+    /// Vblank interrupts arrive (the count grows over a second).
+    Vblank,
+    /// The connector is connected and its first mode is this one, e.g. "1024x768".
+    FirstMode(String),
+    /// The named client got this signal (SIGBUS, SIGSEGV) through its mapping.
+    ClientSignal(String, String),
+    /// The named client saw this errno (ENODEV, EIO) from an ioctl.
+    ClientIoctlError(String, String),
+    /// The named client closed its fd without error and exited.
+    ClientExited(String),
+    /// The named client is still running and drawing (not killed, not hung).
+    ClientAlive(String),
+}
+
+/// One step of a scenario.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    WaitBound(Duration),
+    Client { kind: ClientKind, name: String, wait_ready: bool },
+    Close(String),
+    Unplug(Removal),
+    /// Brings the card back the way the last removal requires (bind, rescan or a new card).
+    Replug,
+    Bind,
+    Unbind,
+    Rescan,
+    Dead,
+    Alive,
+    Sleep(Duration),
+    Screenshot(String),
+    Expect(Condition),
+    Repeat(u32, Vec<Step>),
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::WaitBound(_) => write!(f, "wait-bound"),
+            Step::Client { kind, name, .. } if name == kind.name() => write!(f, "client {}", kind.name()),
+            Step::Client { kind, name, .. } => write!(f, "client {} as {name}", kind.name()),
+            Step::Close(n) => write!(f, "close {n}"),
+            Step::Unplug(r) => write!(f, "unplug {}", r.name()),
+            Step::Replug => write!(f, "replug"),
+            Step::Bind => write!(f, "bind"),
+            Step::Unbind => write!(f, "unbind"),
+            Step::Rescan => write!(f, "rescan"),
+            Step::Dead => write!(f, "dead"),
+            Step::Alive => write!(f, "alive"),
+            Step::Sleep(d) => write!(f, "sleep {}", d.as_secs_f64()),
+            Step::Screenshot(n) => write!(f, "screenshot {n}"),
+            Step::Expect(c) => write!(f, "expect {c:?}"),
+            Step::Repeat(n, s) => write!(f, "repeat {n} ({} steps)", s.len()),
+        }
+    }
+}
+
+/// Parses one step's words.
+pub fn parse_step(text: &str) -> Result<Step, String> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let secs = |s: &str| -> Result<Duration, String> {
+        s.parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v >= 0.0 && *v <= 3600.0)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| format!("'{s}' is not a number of seconds (0 to 3600)"))
+    };
+    Ok(match words.as_slice() {
+        ["wait-bound"] => Step::WaitBound(Duration::from_secs(60)),
+        ["wait-bound", t] => Step::WaitBound(secs(t)?),
+        ["client", kind, rest @ ..] => {
+            let kind: ClientKind = kind.parse()?;
+            let mut name = kind.name().to_string();
+            let mut wait_ready = true;
+            let mut rest = rest.iter();
+            while let Some(w) = rest.next() {
+                match *w {
+                    "as" => name = rest.next().ok_or("'as' needs a client name")?.to_string(),
+                    "nowait" => wait_ready = false,
+                    other => return Err(format!("unexpected '{other}' after client (expected 'as NAME' or 'nowait')")),
+                }
+            }
+            Step::Client { kind, name, wait_ready }
+        }
+        ["close", name] => Step::Close(name.to_string()),
+        ["unplug", mode] => Step::Unplug(mode.parse()?),
+        ["replug"] => Step::Replug,
+        ["bind"] => Step::Bind,
+        ["unbind"] => Step::Unbind,
+        ["rescan"] => Step::Rescan,
+        ["dead"] => Step::Dead,
+        ["alive"] => Step::Alive,
+        ["sleep", t] => Step::Sleep(secs(t)?),
+        ["screenshot"] => Step::Screenshot("screenshot".into()),
+        ["screenshot", name] if name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') => {
+            Step::Screenshot(name.to_string())
+        }
+        ["expect", cond @ ..] => Step::Expect(parse_condition(cond)?),
+        [] => return Err("empty step".into()),
+        [verb, ..] => {
+            return Err(format!(
+                "unknown step '{verb}' (expected wait-bound, client, close, unplug, replug, bind, unbind, rescan, dead, alive, sleep, screenshot, expect or a repeat table)"
+            ))
+        }
+    })
+}
+
+fn parse_condition(words: &[&str]) -> Result<Condition, String> {
+    Ok(match words {
+        ["bound"] => Condition::Bound,
+        ["unbound"] => Condition::Unbound,
+        ["gone"] => Condition::Gone,
+        ["drawing"] => Condition::Drawing,
+        ["pattern"] => Condition::Pattern,
+        ["bar-reads-ones"] => Condition::BarReadsOnes,
+        ["vblank"] => Condition::Vblank,
+        ["first-mode", mode] if mode.split_once('x').is_some() => Condition::FirstMode(mode.to_string()),
+        ["client", name, "signal", sig] if sig.starts_with("SIG") => Condition::ClientSignal(name.to_string(), sig.to_string()),
+        ["client", name, "ioctl-error", errno] if errno.starts_with('E') => {
+            Condition::ClientIoctlError(name.to_string(), errno.to_string())
+        }
+        ["client", name, "exited"] => Condition::ClientExited(name.to_string()),
+        ["client", name, "alive"] => Condition::ClientAlive(name.to_string()),
+        _ => {
+            return Err(format!(
+                "unknown condition '{}' (expected bound, unbound, gone, drawing, pattern, bar-reads-ones, vblank, first-mode WxH, client NAME signal SIGxxx, client NAME ioctl-error Exxx, client NAME exited, client NAME alive)",
+                words.join(" ")
+            ))
+        }
+    })
+}
+
+/// A parsed scenario.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scenario {
+    pub name: String,
+    pub description: String,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioFile {
+    name: String,
+    #[serde(default)]
+    description: String,
+    steps: Vec<RawStep>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawStep {
+    Words(toml::Spanned<String>),
+    Repeat(RawRepeat),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRepeat {
+    repeat: toml::Spanned<u32>,
+    steps: Vec<RawStep>,
+}
+
+/// 1-based line of a byte offset.
+fn line_of(src: &str, offset: usize) -> usize {
+    src[..offset.min(src.len())].matches('\n').count() + 1
+}
+
+fn convert(src: &str, file: &str, raw: &[RawStep]) -> Result<Vec<Step>, String> {
+    raw.iter()
+        .map(|r| match r {
+            RawStep::Words(w) => parse_step(w.get_ref())
+                .map_err(|e| format!("{file}:{}: {e}", line_of(src, w.span().start))),
+            RawStep::Repeat(rep) => {
+                let n = *rep.repeat.get_ref();
+                if n == 0 || n > 1000 {
+                    return Err(format!("{file}:{}: repeat count {n} is out of range (1 to 1000)", line_of(src, rep.repeat.span().start)));
+                }
+                Ok(Step::Repeat(n, convert(src, file, &rep.steps)?))
+            }
+        })
+        .collect()
+}
+
+impl Scenario {
+    /// Parses a scenario file's text; errors name the file and line.
+    pub fn parse(src: &str, file: &str) -> Result<Scenario, String> {
+        let raw: ScenarioFile = toml::from_str(src).map_err(|e| {
+            let line = e.span().map(|s| line_of(src, s.start)).unwrap_or(1);
+            format!("{file}:{line}: {}", e.message())
+        })?;
+        if raw.name.is_empty() || !raw.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(format!("{file}:1: scenario name '{}' must be letters, digits, '-', '_' or '.'", raw.name));
+        }
+        let steps = convert(src, file, &raw.steps)?;
+        if steps.is_empty() {
+            return Err(format!("{file}: a scenario needs at least one step"));
+        }
+        Ok(Scenario { name: raw.name, description: raw.description, steps })
+    }
+
+    pub fn load(path: &Path) -> Result<Scenario, String> {
+        let src = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Scenario::parse(&src, &path.display().to_string())
+    }
+
+    /// A built-in scenario by name, or a file.
+    pub fn resolve(name_or_file: &str) -> Result<Scenario, String> {
+        if let Some(s) = builtin().into_iter().find(|s| s.name == name_or_file) {
+            return Ok(s);
+        }
+        let path = Path::new(name_or_file);
+        if path.exists() || name_or_file.ends_with(".toml") {
+            return Scenario::load(path);
+        }
+        Err(format!(
+            "no built-in scenario or file named '{name_or_file}' (see `vanish list`)"
+        ))
+    }
+
+    /// The scenario `vanish run --unplug MODE --repeat N` runs: N cycles of remove and return,
+    /// each checked from inside the guest.
+    pub fn cycle(mode: Removal) -> Scenario {
+        let mut steps = vec![Step::Unplug(mode)];
+        steps.push(Step::Expect(if mode.leaves_bus() { Condition::Gone } else { Condition::Unbound }));
+        steps.push(Step::Replug);
+        steps.push(Step::WaitBound(Duration::from_secs(60)));
+        steps.push(Step::Expect(Condition::Drawing));
+        Scenario { name: mode.name().to_string(), description: format!("{} and back", mode.name()), steps }
+    }
+}
+
+/// The built-in set: IGT core_hotunplug's subtests on our cards, plus what IGT cannot do.
+pub const BUILTIN_TOML: &[(&str, &str)] = &[
+    ("unbind-rebind", include_str!("../scenarios/unbind-rebind.toml")),
+    ("unplug-rescan", include_str!("../scenarios/unplug-rescan.toml")),
+    ("hotunbind-rebind", include_str!("../scenarios/hotunbind-rebind.toml")),
+    ("hotunplug-rescan", include_str!("../scenarios/hotunplug-rescan.toml")),
+    ("hotrebind", include_str!("../scenarios/hotrebind.toml")),
+    ("hotreplug", include_str!("../scenarios/hotreplug.toml")),
+    ("hotrebind-lateclose", include_str!("../scenarios/hotrebind-lateclose.toml")),
+    ("hotreplug-lateclose", include_str!("../scenarios/hotreplug-lateclose.toml")),
+    ("surprise-with-mmap", include_str!("../scenarios/surprise-with-mmap.toml")),
+    ("server-crash", include_str!("../scenarios/server-crash.toml")),
+    ("surprise-during-modeset", include_str!("../scenarios/surprise-during-modeset.toml")),
+];
+
+/// The built-in scenarios, parsed (they are tested to parse).
+pub fn builtin() -> Vec<Scenario> {
+    BUILTIN_TOML
+        .iter()
+        .filter_map(|(name, src)| Scenario::parse(src, &format!("builtin:{name}")).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builtin_parses_and_is_named_after_its_file() {
+        for (name, src) in BUILTIN_TOML {
+            let s = Scenario::parse(src, name).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(&s.name, name);
+            assert!(!s.description.is_empty(), "{name} has no description");
+        }
+        assert_eq!(builtin().len(), BUILTIN_TOML.len());
+    }
+
+    #[test]
+    fn steps_parse() {
+        assert_eq!(parse_step("unplug surprise"), Ok(Step::Unplug(Removal::Surprise)));
+        assert_eq!(
+            parse_step("client kms as k2 nowait"),
+            Ok(Step::Client { kind: ClientKind::Kms, name: "k2".into(), wait_ready: false })
+        );
+        assert_eq!(
+            parse_step("expect client kms signal SIGBUS"),
+            Ok(Step::Expect(Condition::ClientSignal("kms".into(), "SIGBUS".into())))
+        );
+        assert_eq!(parse_step("sleep 0.5"), Ok(Step::Sleep(Duration::from_millis(500))));
+        assert!(parse_step("unplug sideways").unwrap_err().contains("unknown removal mode"));
+        assert!(parse_step("sleep -1").is_err());
+        assert!(parse_step("sleep NaN").is_err());
+        assert!(parse_step("expect happiness").unwrap_err().contains("unknown condition"));
+    }
+
+    #[test]
+    fn repeat_tables_nest() {
+        let src = "name = \"r\"\nsteps = [\n  \"wait-bound\",\n  { repeat = 3, steps = [\"unplug unbind\", \"replug\"] },\n]\n";
+        let s = Scenario::parse(src, "r.toml").unwrap();
+        assert_eq!(s.steps[1], Step::Repeat(3, vec![Step::Unplug(Removal::Unbind), Step::Replug]));
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let src = "name = \"bad\"\nsteps = [\n  \"wait-bound\",\n  \"unplug sideways\",\n]\n";
+        let e = Scenario::parse(src, "bad.toml").unwrap_err();
+        assert!(e.starts_with("bad.toml:4: unknown removal mode 'sideways'"), "{e}");
+
+        let e = Scenario::parse("name = \"x\"\nstepz = []\n", "x.toml").unwrap_err();
+        assert!(e.starts_with("x.toml:"), "{e}");
+
+        let src = "name = \"r\"\nsteps = [\n { repeat = 0, steps = [\"replug\"] },\n]\n";
+        let e = Scenario::parse(src, "r.toml").unwrap_err();
+        assert!(e.starts_with("r.toml:3: repeat count 0"), "{e}");
+
+        let e = Scenario::parse("name = \"x\"\nsteps = [\"dance\"]\n", "x.toml").unwrap_err();
+        assert!(e.starts_with("x.toml:2: unknown step 'dance'"), "{e}");
+    }
+
+    #[test]
+    fn resolve_finds_builtins_and_rejects_unknown_names() {
+        assert_eq!(Scenario::resolve("hotreplug").unwrap().name, "hotreplug");
+        assert!(Scenario::resolve("no-such-thing").unwrap_err().contains("vanish list"));
+    }
+
+    #[test]
+    fn cycle_checks_the_card_left_and_came_back() {
+        let s = Scenario::cycle(Removal::Unbind);
+        assert_eq!(s.steps[1], Step::Expect(Condition::Unbound));
+        let s = Scenario::cycle(Removal::Surprise);
+        assert_eq!(s.steps[1], Step::Expect(Condition::Gone));
+    }
+}
