@@ -82,8 +82,22 @@ impl Bochs {
             class_code: CLASS_CODE,
             revision: REVISION,
         });
-        config.set_bar(VRAM_BAR, BarSpec { size: vram.size(), bar_type: BarType::Memory32, prefetchable: true })?;
-        config.set_bar(MMIO_BAR, BarSpec { size: MMIO_SIZE, bar_type: BarType::Memory32, prefetchable: false })?;
+        config.set_bar(
+            VRAM_BAR,
+            BarSpec {
+                size: vram.size(),
+                bar_type: BarType::Memory32,
+                prefetchable: true,
+            },
+        )?;
+        config.set_bar(
+            MMIO_BAR,
+            BarSpec {
+                size: MMIO_SIZE,
+                bar_type: BarType::Memory32,
+                prefetchable: false,
+            },
+        )?;
         config.add_capability(Capability::PciExpressEndpoint)?;
         config.add_capability(Capability::PowerManagement)?;
 
@@ -139,7 +153,9 @@ impl Bochs {
                 let rel = o - DISPI_BASE;
                 self.dispi((rel / 2) as usize).to_le_bytes()[(rel % 2) as usize]
             }
-            o if (QEXT_SIZE_REG..QEXT_SIZE_REG + 4).contains(&o) => QEXT_SIZE.to_le_bytes()[(o - QEXT_SIZE_REG) as usize],
+            o if (QEXT_SIZE_REG..QEXT_SIZE_REG + 4).contains(&o) => {
+                QEXT_SIZE.to_le_bytes()[(o - QEXT_SIZE_REG) as usize]
+            }
             o if (QEXT_BYTEORDER_REG..QEXT_BYTEORDER_REG + 4).contains(&o) => {
                 self.byteorder.to_le_bytes()[(o - QEXT_BYTEORDER_REG) as usize]
             }
@@ -242,7 +258,8 @@ impl DeviceModel for Bochs {
         let bytepp = u64::from(format.bytes_per_pixel());
         let width = u32::from(self.dispi[DISPI_XRES]);
         let stride = u64::from(self.dispi[DISPI_VIRT_WIDTH].max(self.dispi[DISPI_XRES])) * bytepp;
-        let offset = u64::from(self.dispi[DISPI_X_OFFSET]) * bytepp + u64::from(self.dispi[DISPI_Y_OFFSET]) * stride;
+        let offset = u64::from(self.dispi[DISPI_X_OFFSET]) * bytepp
+            + u64::from(self.dispi[DISPI_Y_OFFSET]) * stride;
         let scanout = Scanout {
             offset,
             width,
@@ -250,7 +267,9 @@ impl DeviceModel for Bochs {
             stride: stride as u32,
             format,
         };
-        let fits = scanout.byte_len().is_some_and(|len| offset + len <= self.vram.size());
+        let fits = scanout
+            .byte_len()
+            .is_some_and(|len| offset + len <= self.vram.size());
         fits.then_some(scanout)
     }
 
@@ -264,7 +283,12 @@ mod tests {
     use super::*;
 
     fn card() -> Bochs {
-        Bochs::new(&CardOptions { vram_size: DEFAULT_VRAM_SIZE, edid: None, no_monitor: false }).unwrap()
+        Bochs::new(&CardOptions {
+            vram_size: DEFAULT_VRAM_SIZE,
+            edid: None,
+            no_monitor: false,
+        })
+        .unwrap()
     }
 
     fn read16(c: &mut Bochs, off: u64) -> u16 {
@@ -293,11 +317,17 @@ mod tests {
     fn dispi_id_and_memory_size_are_read_only() {
         let mut c = card();
         assert_eq!(read16(&mut c, DISPI_BASE), 0xb0c5);
-        assert_eq!(read16(&mut c, DISPI_BASE + 2 * DISPI_VIDEO_MEMORY_64K as u64), 256);
+        assert_eq!(
+            read16(&mut c, DISPI_BASE + 2 * DISPI_VIDEO_MEMORY_64K as u64),
+            256
+        );
         write16(&mut c, DISPI_ID, 0xb0c0);
         write16(&mut c, DISPI_VIDEO_MEMORY_64K, 1);
         assert_eq!(read16(&mut c, DISPI_BASE), 0xb0c5);
-        assert_eq!(read16(&mut c, DISPI_BASE + 2 * DISPI_VIDEO_MEMORY_64K as u64), 256);
+        assert_eq!(
+            read16(&mut c, DISPI_BASE + 2 * DISPI_VIDEO_MEMORY_64K as u64),
+            256
+        );
     }
 
     #[test]
@@ -316,7 +346,12 @@ mod tests {
 
     #[test]
     fn no_monitor_serves_no_edid() {
-        let mut c = Bochs::new(&CardOptions { vram_size: DEFAULT_VRAM_SIZE, edid: None, no_monitor: true }).unwrap();
+        let mut c = Bochs::new(&CardOptions {
+            vram_size: DEFAULT_VRAM_SIZE,
+            edid: None,
+            no_monitor: true,
+        })
+        .unwrap();
         let mut hdr = [0xaa; 8];
         c.bar_read(MMIO_BAR, 0, &mut hdr);
         assert_eq!(hdr, [0; 8]);
@@ -347,7 +382,10 @@ mod tests {
         write16(&mut c, DISPI_X_OFFSET, ((addr % pitch) / 4) as u16);
         write16(&mut c, DISPI_Y_OFFSET, (addr / pitch) as u16);
         let s = c.scanout().unwrap();
-        assert_eq!((s.width, s.height, s.stride, s.offset), (1024, 768, 4096, addr));
+        assert_eq!(
+            (s.width, s.height, s.stride, s.offset),
+            (1024, 768, 4096, addr)
+        );
         assert_eq!(s.format, PixelFormat::Xrgb8888);
         write16(&mut c, DISPI_ENABLE, 0);
         assert_eq!(c.scanout(), None);
@@ -356,7 +394,13 @@ mod tests {
     #[test]
     fn scanout_outside_vram_is_not_shown() {
         let mut c = card();
-        for (reg, val) in [(DISPI_BPP, 32), (DISPI_XRES, 1024), (DISPI_YRES, 768), (DISPI_Y_OFFSET, 0xffff), (DISPI_ENABLE, 1)] {
+        for (reg, val) in [
+            (DISPI_BPP, 32),
+            (DISPI_XRES, 1024),
+            (DISPI_YRES, 768),
+            (DISPI_Y_OFFSET, 0xffff),
+            (DISPI_ENABLE, 1),
+        ] {
             write16(&mut c, reg, val);
         }
         assert_eq!(c.scanout(), None);
@@ -365,8 +409,18 @@ mod tests {
     #[test]
     fn hostile_accesses_never_panic() {
         let mut c = card();
-        let mut big = vec![0u8; 64];
-        for off in [0, 0x3ff, 0x4ff, 0x515, 0x603, 0xfff, 0x1000, u64::MAX - 3, u64::MAX] {
+        let mut big = [0u8; 64];
+        for off in [
+            0,
+            0x3ff,
+            0x4ff,
+            0x515,
+            0x603,
+            0xfff,
+            0x1000,
+            u64::MAX - 3,
+            u64::MAX,
+        ] {
             for len in [1, 2, 3, 4, 8, 64] {
                 c.bar_read(MMIO_BAR, off, &mut big[..len]);
                 c.bar_write(MMIO_BAR, off, &big[..len]);

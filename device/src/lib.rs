@@ -74,7 +74,9 @@ impl std::str::FromStr for ModelKind {
         match s {
             "bochs" => Ok(ModelKind::Bochs),
             "hibmc" => Ok(ModelKind::Hibmc),
-            _ => Err(format!("unknown card model '{s}' (expected bochs or hibmc)")),
+            _ => Err(format!(
+                "unknown card model '{s}' (expected bochs or hibmc)"
+            )),
         }
     }
 }
@@ -90,7 +92,10 @@ pub struct CardOptions {
 }
 
 /// Builds the model of `kind`.
-pub fn build_model(kind: ModelKind, options: &CardOptions) -> Result<Box<dyn DeviceModel>, ModelError> {
+pub fn build_model(
+    kind: ModelKind,
+    options: &CardOptions,
+) -> Result<Box<dyn DeviceModel>, ModelError> {
     Ok(match kind {
         ModelKind::Bochs => Box::new(bochs::Bochs::new(options)?),
         ModelKind::Hibmc => Box::new(hibmc::Hibmc::new(options)?),

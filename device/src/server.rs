@@ -21,9 +21,8 @@ use vfio_bindings::bindings::vfio::{
     vfio_region_info, vfio_region_sparse_mmap_area, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_NORESIZE,
     VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_ACTION_TYPE_MASK, VFIO_IRQ_SET_DATA_EVENTFD,
     VFIO_IRQ_SET_DATA_NONE, VFIO_IRQ_SET_DATA_TYPE_MASK, VFIO_PCI_CONFIG_REGION_INDEX,
-    VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX,
-    VFIO_PCI_NUM_REGIONS, VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ,
-    VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_NUM_REGIONS,
+    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_user::{IrqInfo, ServerBackend, ServerRegion, SparseArea};
 use vram_bar::{Frame, Scanout};
@@ -34,7 +33,10 @@ use crate::DeviceModel;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("vfio-user socket {path}: {source}")]
-    Socket { path: String, source: vfio_user::Error },
+    Socket {
+        path: String,
+        source: vfio_user::Error,
+    },
     #[error("vfio-user: {0}")]
     Protocol(vfio_user::Error),
     #[error("the card shows nothing: the display is off")]
@@ -153,7 +155,7 @@ impl Card {
             return false;
         };
         // An eventfd takes an 8-byte counter increment.
-        match (&*fd).write(&1u64.to_ne_bytes()) {
+        match (&*fd).write_all(&1u64.to_ne_bytes()) {
             Ok(_) => {
                 self.counters.msi_sent.fetch_add(1, Ordering::Relaxed);
                 true
@@ -228,12 +230,19 @@ fn regions(model: &dyn DeviceModel) -> Vec<ServerRegion> {
                     // so declare one area covering the whole BAR.
                     info.flags |= VFIO_REGION_INFO_FLAG_MMAP;
                     sparse_areas.push(SparseArea {
-                        area: vfio_region_sparse_mmap_area { offset: 0, size: bar.size },
+                        area: vfio_region_sparse_mmap_area {
+                            offset: 0,
+                            size: bar.size,
+                        },
                     });
                     mmap_fd = Some(model.vram().raw_fd());
                 }
             }
-            ServerRegion { region_info: info, sparse_areas, mmap_fd }
+            ServerRegion {
+                region_info: info,
+                sparse_areas,
+                mmap_fd,
+            }
         })
         .collect()
 }
@@ -244,13 +253,21 @@ fn irqs(model: &dyn DeviceModel) -> Vec<IrqInfo> {
     // on unplug. Index 3 (ERR) is left out, so GET_IRQ_INFO(3) gets EINVAL and QEMU does not
     // warn about error recovery.
     vec![
-        IrqInfo { index: VFIO_PCI_INTX_IRQ_INDEX, flags: VFIO_IRQ_INFO_EVENTFD, count: 0 },
+        IrqInfo {
+            index: VFIO_PCI_INTX_IRQ_INDEX,
+            flags: VFIO_IRQ_INFO_EVENTFD,
+            count: 0,
+        },
         IrqInfo {
             index: VFIO_PCI_MSI_IRQ_INDEX,
             flags: VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE,
             count: model.msi_vectors(),
         },
-        IrqInfo { index: VFIO_PCI_MSIX_IRQ_INDEX, flags: VFIO_IRQ_INFO_EVENTFD, count: 0 },
+        IrqInfo {
+            index: VFIO_PCI_MSIX_IRQ_INDEX,
+            flags: VFIO_IRQ_INFO_EVENTFD,
+            count: 0,
+        },
     ]
 }
 
@@ -361,7 +378,11 @@ impl ServerBackend for Backend {
                 for vector in start..start + count {
                     msi[vector as usize] = fds.next();
                 }
-                info!("MSI: {} of {} vectors armed", msi.iter().filter(|f| f.is_some()).count(), vectors);
+                info!(
+                    "MSI: {} of {} vectors armed",
+                    msi.iter().filter(|f| f.is_some()).count(),
+                    vectors
+                );
             }
             VFIO_IRQ_SET_DATA_NONE if count == 0 => {
                 // count 0 with DATA_NONE tears all vectors down (guest disabled MSI).
@@ -394,7 +415,10 @@ impl Server {
             (regions(&**model), irqs(&**model))
         };
         let inner = vfio_user::Server::new(path, true, irqs, regions).map_err(|source| {
-            ServerError::Socket { path: path.display().to_string(), source }
+            ServerError::Socket {
+                path: path.display().to_string(),
+                source,
+            }
         })?;
         Ok(Server { card, inner })
     }
@@ -405,7 +429,10 @@ impl Server {
             let model = card.model();
             (regions(&**model), irqs(&**model))
         };
-        Server { inner: vfio_user::Server::from_owned_fd(listener, true, irqs, regions), card }
+        Server {
+            inner: vfio_user::Server::from_owned_fd(listener, true, irqs, regions),
+            card,
+        }
     }
 
     pub fn card(&self) -> &Arc<Card> {
@@ -424,7 +451,9 @@ impl Server {
             if stop.load(Ordering::SeqCst) {
                 break Ok(());
             }
-            let mut backend = Backend { card: Arc::clone(&self.card) };
+            let mut backend = Backend {
+                card: Arc::clone(&self.card),
+            };
             self.card.counters.clients.fetch_add(1, Ordering::Relaxed);
             let run = self.inner.run(&mut backend);
             // The client is gone: its eventfds with it.
@@ -432,7 +461,9 @@ impl Server {
             self.card.kick();
             match run {
                 Ok(()) => info!("vfio-user client disconnected"),
-                Err(vfio_user::Error::SocketAccept(e)) => break Err(ServerError::Protocol(vfio_user::Error::SocketAccept(e))),
+                Err(vfio_user::Error::SocketAccept(e)) => {
+                    break Err(ServerError::Protocol(vfio_user::Error::SocketAccept(e)))
+                }
                 Err(e) => warn!("vfio-user client dropped: {e}"),
             }
         };
@@ -441,6 +472,4 @@ impl Server {
         let _ = vblank.join();
         result
     }
-
-
 }

@@ -44,13 +44,21 @@ impl Agent {
             match UnixStream::connect(path).await {
                 Ok(s) => break s,
                 Err(e) if Instant::now() >= deadline => {
-                    return Err(e).with_context(|| format!("agent socket {} did not open within {wait:?}", path.display()))
+                    return Err(e).with_context(|| {
+                        format!(
+                            "agent socket {} did not open within {wait:?}",
+                            path.display()
+                        )
+                    })
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         };
         let (read, writer) = stream.into_split();
-        Ok(Agent { reader: BufReader::new(read).lines(), writer })
+        Ok(Agent {
+            reader: BufReader::new(read).lines(),
+            writer,
+        })
     }
 
     /// Runs `command` (one line of sh) in the guest; fails if it does not finish within `wait`.
@@ -58,13 +66,23 @@ impl Agent {
         if command.contains('\n') {
             bail!("agent commands are one line: {command:?}");
         }
-        self.writer.write_all(format!("{command}\n").as_bytes()).await.context("agent: write failed")?;
+        self.writer
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .context("agent: write failed")?;
         let mut stdout = String::new();
         let read = async {
             loop {
-                let line = self.reader.next_line().await?.ok_or_else(|| anyhow!("agent: the guest closed the port"))?;
+                let line = self
+                    .reader
+                    .next_line()
+                    .await?
+                    .ok_or_else(|| anyhow!("agent: the guest closed the port"))?;
                 if let Some(status) = line.strip_prefix(END) {
-                    let status = status.trim().parse().with_context(|| format!("agent: bad status line {line:?}"))?;
+                    let status = status
+                        .trim()
+                        .parse()
+                        .with_context(|| format!("agent: bad status line {line:?}"))?;
                     return Ok::<i32, anyhow::Error>(status);
                 }
                 stdout.push_str(&line);
@@ -81,7 +99,11 @@ impl Agent {
     pub async fn check(&mut self, command: &str, wait: Duration) -> Result<String> {
         let out = self.run(command, wait).await?;
         if !out.success() {
-            bail!("guest command failed (exit {}): {command}\n{}", out.status, out.stdout.trim_end());
+            bail!(
+                "guest command failed (exit {}): {command}\n{}",
+                out.status,
+                out.stdout.trim_end()
+            );
         }
         Ok(out.stdout)
     }

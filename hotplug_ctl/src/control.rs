@@ -27,12 +27,22 @@ pub enum Request {
 impl Request {
     /// Parses the `vanish ctl` words: `status`, `dead`, `alive`, `screenshot PATH`.
     pub fn from_words(words: &[String]) -> Result<Request> {
-        match words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        match words
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
             ["status"] => Ok(Request::Status),
             ["dead"] => Ok(Request::Dead),
             ["alive"] => Ok(Request::Alive),
-            ["screenshot", path] => Ok(Request::Screenshot { path: PathBuf::from(path) }),
-            _ => bail!("unknown control verb '{}' (expected status, dead, alive or screenshot PATH)", words.join(" ")),
+            ["screenshot", path] => Ok(Request::Screenshot {
+                path: PathBuf::from(path),
+            }),
+            _ => bail!(
+                "unknown control verb '{}' (expected status, dead, alive or screenshot PATH)",
+                words.join(" ")
+            ),
         }
     }
 }
@@ -98,23 +108,35 @@ pub fn handle(card: &Card, request: &Request) -> Reply {
             card.set_dead(false);
             Ok(())
         }
-        Request::Screenshot { path } => card
-            .capture()
-            .map_err(anyhow::Error::from)
-            .and_then(|(_, frame)| {
-                ink = Some(frame.ink_ratio());
-                frame.write_png(path).map_err(anyhow::Error::from)
-            }),
+        Request::Screenshot { path } => {
+            card.capture()
+                .map_err(anyhow::Error::from)
+                .and_then(|(_, frame)| {
+                    ink = Some(frame.ink_ratio());
+                    frame.write_png(path).map_err(anyhow::Error::from)
+                })
+        }
     };
     match result {
-        Ok(()) => Reply { ok: true, error: None, status: Some(status(card)), ink },
-        Err(e) => Reply { ok: false, error: Some(format!("{e:#}")), status: Some(status(card)), ink },
+        Ok(()) => Reply {
+            ok: true,
+            error: None,
+            status: Some(status(card)),
+            ink,
+        },
+        Err(e) => Reply {
+            ok: false,
+            error: Some(format!("{e:#}")),
+            status: Some(status(card)),
+            ink,
+        },
     }
 }
 
 /// Serves the control socket at `path` until the task is dropped.
 pub async fn serve(path: &Path, card: Arc<Card>) -> Result<()> {
-    let listener = UnixListener::bind(path).with_context(|| format!("binding control socket {}", path.display()))?;
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding control socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     loop {
         let (stream, _) = listener.accept().await?;
@@ -128,9 +150,19 @@ pub async fn serve(path: &Path, card: Arc<Card>) -> Result<()> {
                         let card = Arc::clone(&card);
                         tokio::task::spawn_blocking(move || handle(&card, &request))
                             .await
-                            .unwrap_or_else(|e| Reply { ok: false, error: Some(e.to_string()), status: None, ink: None })
+                            .unwrap_or_else(|e| Reply {
+                                ok: false,
+                                error: Some(e.to_string()),
+                                status: None,
+                                ink: None,
+                            })
                     }
-                    Err(e) => Reply { ok: false, error: Some(format!("bad request: {e}")), status: None, ink: None },
+                    Err(e) => Reply {
+                        ok: false,
+                        error: Some(format!("bad request: {e}")),
+                        status: None,
+                        ink: None,
+                    },
                 };
                 let mut out = serde_json::to_string(&reply).unwrap_or_default();
                 out.push('\n');
@@ -151,12 +183,20 @@ pub async fn request(path: &Path, request: &Request) -> Result<Reply> {
         line.push('\n');
         write.write_all(line.as_bytes()).await?;
         let mut lines = BufReader::new(read).lines();
-        let reply = lines.next_line().await?.context("control socket closed without a reply")?;
+        let reply = lines
+            .next_line()
+            .await?
+            .context("control socket closed without a reply")?;
         Ok::<Reply, anyhow::Error>(serde_json::from_str(&reply)?)
     };
     tokio::time::timeout(Duration::from_secs(10), io)
         .await
-        .with_context(|| format!("control socket {} did not answer within 10 s", path.display()))?
+        .with_context(|| {
+            format!(
+                "control socket {} did not answer within 10 s",
+                path.display()
+            )
+        })?
         .with_context(|| format!("control socket {}", path.display()))
 }
 
@@ -170,7 +210,9 @@ mod tests {
         assert_eq!(Request::from_words(&w("dead")).unwrap(), Request::Dead);
         assert_eq!(
             Request::from_words(&w("screenshot /tmp/a.png")).unwrap(),
-            Request::Screenshot { path: "/tmp/a.png".into() }
+            Request::Screenshot {
+                path: "/tmp/a.png".into()
+            }
         );
         assert!(Request::from_words(&w("explode")).is_err());
         assert!(Request::from_words(&w("screenshot")).is_err());
@@ -178,7 +220,9 @@ mod tests {
 
     #[test]
     fn requests_round_trip_as_json() {
-        let r = Request::Screenshot { path: "/x.png".into() };
+        let r = Request::Screenshot {
+            path: "/x.png".into(),
+        };
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(s, r#"{"verb":"screenshot","path":"/x.png"}"#);
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);

@@ -8,14 +8,18 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use device::ModelKind;
 use hotplug_ctl::control::{self, Request};
-use hotplug_ctl::runner::{self, KernelChoice, RunConfig};
-use hotplug_ctl::serve::{self, ServeConfig};
 use hotplug_ctl::exit;
+use hotplug_ctl::runner::{self, KernelChoice, RunConfig};
 use hotplug_ctl::scenario::{self, Removal, Scenario};
+use hotplug_ctl::serve::{self, ServeConfig};
 use images::Arch;
 
 #[derive(Parser)]
-#[command(name = "vanish", version, about = "Boot a kernel with an emulated display card, then make the card vanish")]
+#[command(
+    name = "vanish",
+    version,
+    about = "Boot a kernel with an emulated display card, then make the card vanish"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -111,7 +115,12 @@ struct ServeArgs {
 /// Sizes like 33554432, 0x2000000, 32M, 32MiB, 1G.
 fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let (num, mult) = match t.trim_end_matches("iB").trim_end_matches('B').char_indices().last() {
+    let (num, mult) = match t
+        .trim_end_matches("iB")
+        .trim_end_matches('B')
+        .char_indices()
+        .last()
+    {
         Some((i, 'K' | 'k')) => (&t[..i], 1u64 << 10),
         Some((i, 'M' | 'm')) => (&t[..i], 1 << 20),
         Some((i, 'G' | 'g')) => (&t[..i], 1 << 30),
@@ -122,7 +131,8 @@ fn parse_size(s: &str) -> Result<u64, String> {
         None => num.parse(),
     }
     .map_err(|_| format!("'{s}' is not a size (try 32M or 33554432)"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("'{s}' is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 fn main() -> ExitCode {
@@ -180,7 +190,10 @@ async fn dispatch(cli: Cli) -> i32 {
                 }
             }
         }
-        Cmd::Ctl { control: path, verb } => {
+        Cmd::Ctl {
+            control: path,
+            verb,
+        } => {
             let request = match Request::from_words(&verb) {
                 Ok(r) => r,
                 Err(e) => {
@@ -190,7 +203,10 @@ async fn dispatch(cli: Cli) -> i32 {
             };
             match control::request(&path, &request).await {
                 Ok(reply) => {
-                    println!("{}", serde_json::to_string_pretty(&reply).unwrap_or_default());
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&reply).unwrap_or_default()
+                    );
                     if reply.ok {
                         exit::PASS
                     } else {
@@ -217,7 +233,10 @@ async fn cmd_run(args: RunArgs) -> i32 {
                 eprintln!("vanish: modules directory {} does not exist", m.display());
                 return exit::SKIP;
             }
-            KernelChoice::User { image, modules: args.modules }
+            KernelChoice::User {
+                image,
+                modules: args.modules,
+            }
         }
         None => KernelChoice::Debian(args.debian_kernel),
     };
@@ -261,7 +280,12 @@ async fn cmd_run(args: RunArgs) -> i32 {
     match runner::run(cfg).await {
         Ok(report) => {
             print!("{}", report.table());
-            if let Err(e) = hotplug_ctl::output::write_outputs(&report, args.junit.as_deref(), args.kcidb.as_deref(), "vanish") {
+            if let Err(e) = hotplug_ctl::output::write_outputs(
+                &report,
+                args.junit.as_deref(),
+                args.kcidb.as_deref(),
+                "vanish",
+            ) {
                 eprintln!("vanish: {e:#}");
                 return exit::SKIP;
             }

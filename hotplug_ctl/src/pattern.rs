@@ -44,7 +44,11 @@ pub fn shows_colour_bars(path: &Path) -> Result<bool> {
     if info.color_type != png::ColorType::Rgb || info.bit_depth != png::BitDepth::Eight {
         return Ok(false);
     }
-    Ok(has_colour_bars(info.width as usize, info.height as usize, &buf[..info.buffer_size()]))
+    Ok(has_colour_bars(
+        info.width as usize,
+        info.height as usize,
+        &buf[..info.buffer_size()],
+    ))
 }
 
 #[cfg(test)]

@@ -57,9 +57,19 @@ pub fn args(cfg: &VmConfig) -> Vec<String> {
         ]),
     }
     push(&["-accel", "tcg", "-m", &mem, "-smp", &cfg.cpus.to_string()]);
-    push(&["-object", &format!("memory-backend-memfd,id=mem,size={mem},share=on")]);
+    push(&[
+        "-object",
+        &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+    ]);
     // -nodefaults: no QEMU std VGA (itself a 1234:1111 that bochs-drm would grab instead).
-    push(&["-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio"]);
+    push(&[
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+    ]);
     // Reserve windows so a hot-added card's BARs fit (firmware reads these; arm64 without
     // firmware gets the pci=hpmem* parameters below instead).
     push(&[
@@ -69,13 +79,19 @@ pub fn args(cfg: &VmConfig) -> Vec<String> {
         ),
     ]);
     if let Some(socket) = &cfg.card_socket {
-        push(&["-device", &crate::serve::device_arg(socket, CARD_ID, ROOT_PORT_ID)]);
+        push(&[
+            "-device",
+            &crate::serve::device_arg(socket, CARD_ID, ROOT_PORT_ID),
+        ]);
     }
     push(&[
         "-device",
         "virtio-serial-pci,id=vser0",
         "-chardev",
-        &format!("socket,id=agent,path={},server=on,wait=off", cfg.agent_socket.display()),
+        &format!(
+            "socket,id=agent,path={},server=on,wait=off",
+            cfg.agent_socket.display()
+        ),
         "-device",
         &format!("virtserialport,bus=vser0.0,chardev=agent,name={AGENT_PORT}"),
         "-qmp",
@@ -134,7 +150,12 @@ impl Console {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = self.changed.notified();
-            if let Some(i) = self.lock().iter().skip(from).position(|l| l.contains(needle)) {
+            if let Some(i) = self
+                .lock()
+                .iter()
+                .skip(from)
+                .position(|l| l.contains(needle))
+            {
                 return Some(from + i);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -162,11 +183,20 @@ pub struct Vm {
 
 impl Vm {
     /// Starts QEMU; the console goes to `console_log`, QEMU's own messages to `qemu_log`.
-    pub async fn start(qemu: &Qemu, cfg: &VmConfig, console_log: &Path, qemu_log: &Path) -> Result<Vm> {
+    pub async fn start(
+        qemu: &Qemu,
+        cfg: &VmConfig,
+        console_log: &Path,
+        qemu_log: &Path,
+    ) -> Result<Vm> {
         let mut cmd: Command = qemu.command().into();
         cmd.args(args(cfg));
-        let stderr = std::fs::File::create(qemu_log).with_context(|| format!("creating {}", qemu_log.display()))?;
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr).kill_on_drop(true);
+        let stderr = std::fs::File::create(qemu_log)
+            .with_context(|| format!("creating {}", qemu_log.display()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .kill_on_drop(true);
         crate::die_with_parent(&mut cmd);
         log::debug!("starting {cmd:?}");
         let mut child = cmd.spawn().context("starting QEMU")?;
@@ -187,12 +217,18 @@ impl Vm {
             while let Ok(Some(raw)) = lines.next_segment().await {
                 let _ = file.write_all(&raw).await;
                 let _ = file.write_all(b"\n").await;
-                let line = String::from_utf8_lossy(&raw).trim_end_matches('\r').to_string();
+                let line = String::from_utf8_lossy(&raw)
+                    .trim_end_matches('\r')
+                    .to_string();
                 sink.push(line);
             }
             let _ = file.flush().await;
         });
-        Ok(Vm { child, console, reader })
+        Ok(Vm {
+            child,
+            console,
+            reader,
+        })
     }
 
     /// Whether QEMU has exited (and how).
@@ -203,7 +239,10 @@ impl Vm {
     /// Stops QEMU: waits `grace` for it to exit on its own (after a guest poweroff or QMP
     /// quit), then kills it; flushes the console log.
     pub async fn stop(mut self, grace: Duration) {
-        if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
             let _ = self.child.kill().await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.reader).await;

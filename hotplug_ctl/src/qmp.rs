@@ -32,13 +32,19 @@ impl Qmp {
             match UnixStream::connect(path).await {
                 Ok(s) => break s,
                 Err(e) if Instant::now() >= deadline => {
-                    return Err(e).with_context(|| format!("QMP socket {} did not open within {wait:?}", path.display()))
+                    return Err(e).with_context(|| {
+                        format!("QMP socket {} did not open within {wait:?}", path.display())
+                    })
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         };
         let (read, writer) = stream.into_split();
-        let mut qmp = Qmp { reader: BufReader::new(read).lines(), writer, events: VecDeque::new() };
+        let mut qmp = Qmp {
+            reader: BufReader::new(read).lines(),
+            writer,
+            events: VecDeque::new(),
+        };
         let greeting = qmp.next_message(Duration::from_secs(10)).await?;
         if greeting.get("QMP").is_none() {
             bail!("QMP: expected a greeting, got {greeting}");
@@ -63,7 +69,10 @@ impl Qmp {
         }
         let mut line = msg.to_string();
         line.push('\n');
-        self.writer.write_all(line.as_bytes()).await.context("QMP: write failed")?;
+        self.writer
+            .write_all(line.as_bytes())
+            .await
+            .context("QMP: write failed")?;
         loop {
             // device_add of a vfio-user device connects to the server synchronously; allow for
             // the server's 5 s message timeout and then some.
@@ -73,7 +82,10 @@ impl Qmp {
             } else if let Some(ret) = msg.get("return") {
                 return Ok(ret.clone());
             } else if let Some(err) = msg.get("error") {
-                let desc = err.get("desc").and_then(Value::as_str).unwrap_or("unknown error");
+                let desc = err
+                    .get("desc")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown error");
                 bail!("QMP {command}: {desc}");
             }
         }
@@ -81,10 +93,19 @@ impl Qmp {
 
     /// Waits for an event named `name` whose `data` satisfies `matches`; earlier events of the
     /// same kind that do not match are dropped.
-    pub async fn wait_event(&mut self, name: &str, wait: Duration, matches: impl Fn(&Value) -> bool) -> Result<Value> {
-        let is_it = |e: &Value| e.get("event").and_then(Value::as_str) == Some(name) && matches(&e["data"]);
+    pub async fn wait_event(
+        &mut self,
+        name: &str,
+        wait: Duration,
+        matches: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let is_it =
+            |e: &Value| e.get("event").and_then(Value::as_str) == Some(name) && matches(&e["data"]);
         if let Some(pos) = self.events.iter().position(is_it) {
-            return self.events.remove(pos).ok_or_else(|| anyhow!("QMP: event queue changed"));
+            return self
+                .events
+                .remove(pos)
+                .ok_or_else(|| anyhow!("QMP: event queue changed"));
         }
         let deadline = Instant::now() + wait;
         loop {
@@ -92,7 +113,10 @@ impl Qmp {
             if left.is_zero() {
                 bail!("no {name} event within {wait:?}");
             }
-            let msg = self.next_message(left).await.with_context(|| format!("waiting for {name}"))?;
+            let msg = self
+                .next_message(left)
+                .await
+                .with_context(|| format!("waiting for {name}"))?;
             if is_it(&msg) {
                 return Ok(msg);
             }

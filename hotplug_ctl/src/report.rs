@@ -112,7 +112,10 @@ impl Report {
             "vanish {} · {} on {} ({}) · QEMU {}\n",
             self.vanish_version, self.model, self.kernel, self.arch, self.qemu_version
         );
-        out += &format!("{:<28} {:<7} {:<10} {:<14} {:>6} {:>8}\n", "SCENARIO", "VERDICT", "DRIVER", "PCI", "SPLATS", "TIME");
+        out += &format!(
+            "{:<28} {:<7} {:<10} {:<14} {:>6} {:>8}\n",
+            "SCENARIO", "VERDICT", "DRIVER", "PCI", "SPLATS", "TIME"
+        );
         for s in &self.scenarios {
             out += &format!(
                 "{:<28} {:<7} {:<10} {:<14} {:>6} {:>7.1}s\n",
@@ -129,7 +132,13 @@ impl Report {
         }
         for s in &self.scenarios {
             for f in &s.splats {
-                out += &format!("\n[{}] {} during '{}': {}\n", s.name, f.splat.kind.as_str(), f.step, f.splat.first_line);
+                out += &format!(
+                    "\n[{}] {} during '{}': {}\n",
+                    s.name,
+                    f.splat.kind.as_str(),
+                    f.step,
+                    f.splat.first_line
+                );
                 for frame in f.splat.call_trace.iter().take(12) {
                     out += &format!("    {frame}\n");
                 }
@@ -138,7 +147,11 @@ impl Report {
         if let Some(e) = &self.error {
             out += &format!("rig error: {e}\n");
         }
-        out += &format!("verdict: {} ({:.1}s)\n", self.verdict().as_str(), self.duration_s);
+        out += &format!(
+            "verdict: {} ({:.1}s)\n",
+            self.verdict().as_str(),
+            self.duration_s
+        );
         out
     }
 }

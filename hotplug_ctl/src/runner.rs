@@ -25,7 +25,10 @@ pub enum KernelChoice {
     /// A Debian kernel package: "6.1", "6.12", "7.2" or an exact ABI.
     Debian(String),
     /// The user's own image, with an optional INSTALL_MOD_PATH tree.
-    User { image: PathBuf, modules: Option<PathBuf> },
+    User {
+        image: PathBuf,
+        modules: Option<PathBuf>,
+    },
 }
 
 /// Everything `vanish run` was asked to do.
@@ -60,7 +63,12 @@ pub struct CardServer {
 
 impl CardServer {
     /// Starts `vanish serve` and waits until its sockets exist.
-    pub async fn start(cfg: &RunConfig, dir: &Path, generation: u32, log: &Path) -> Result<CardServer> {
+    pub async fn start(
+        cfg: &RunConfig,
+        dir: &Path,
+        generation: u32,
+        log: &Path,
+    ) -> Result<CardServer> {
         let socket = dir.join(format!("card{generation}.sock"));
         let control = dir.join(format!("card{generation}.ctl"));
         let exe = std::env::current_exe().context("finding the vanish executable")?;
@@ -81,22 +89,41 @@ impl CardServer {
         if cfg.no_monitor {
             cmd.arg("--no-monitor");
         }
-        let logfile = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
-        cmd.stdin(Stdio::null()).stdout(logfile.try_clone()?).stderr(logfile).kill_on_drop(true);
-        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        let logfile = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        cmd.stdin(Stdio::null())
+            .stdout(logfile.try_clone()?)
+            .stderr(logfile)
+            .kill_on_drop(true);
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
         crate::die_with_parent(&mut cmd);
         let mut child = cmd.spawn().context("starting the card server")?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while !(socket.exists() && control.exists()) {
             if let Some(status) = child.try_wait()? {
-                bail!("the card server exited ({status}) before listening; see {}", log.display());
+                bail!(
+                    "the card server exited ({status}) before listening; see {}",
+                    log.display()
+                );
             }
             if Instant::now() > deadline {
-                bail!("the card server did not create {} within 10 s", socket.display());
+                bail!(
+                    "the card server did not create {} within 10 s",
+                    socket.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(CardServer { child, socket, control })
+        Ok(CardServer {
+            child,
+            socket,
+            control,
+        })
     }
 
     pub async fn request(&self, request: &Request) -> Result<Reply> {
@@ -116,7 +143,10 @@ impl CardServer {
             // SAFETY: signalling our own child by pid.
             unsafe { libc::kill(pid as i32, libc::SIGTERM) };
         }
-        if tokio::time::timeout(Duration::from_secs(3), self.child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(3), self.child.wait())
+            .await
+            .is_err()
+        {
             self.kill().await;
         }
     }
@@ -133,14 +163,21 @@ impl CardStatus {
         let mut fields: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for line in text.lines() {
             if let Some((k, v)) = line.split_once('=') {
-                fields.entry(k.trim().to_string()).or_default().push(v.trim().to_string());
+                fields
+                    .entry(k.trim().to_string())
+                    .or_default()
+                    .push(v.trim().to_string());
             }
         }
         CardStatus { fields }
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.fields.get(key).and_then(|v| v.first()).map(String::as_str).filter(|s| !s.is_empty())
+        self.fields
+            .get(key)
+            .and_then(|v| v.first())
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
     }
 
     pub fn all(&self, key: &str) -> &[String] {
@@ -194,7 +231,9 @@ impl Session {
     /// The guest's view of the card.
     pub async fn card_status(&mut self) -> Result<CardStatus> {
         let cmd = format!(". /etc/vanish/lib.sh; card_status {}", self.ids());
-        Ok(CardStatus::parse(&self.agent.check(&cmd, AGENT_WAIT).await?))
+        Ok(CardStatus::parse(
+            &self.agent.check(&cmd, AGENT_WAIT).await?,
+        ))
     }
 
     /// Waits until the card's driver is bound and its DRM device exists.
@@ -209,7 +248,10 @@ impl Session {
             if Instant::now() > deadline {
                 let what = match (status.present(), status.get("driver")) {
                     (false, _) => "the card is not on the guest's PCI bus".to_string(),
-                    (true, None) => format!("{driver} did not bind to {}", status.get("pci_address").unwrap_or("?")),
+                    (true, None) => format!(
+                        "{driver} did not bind to {}",
+                        status.get("pci_address").unwrap_or("?")
+                    ),
                     (true, Some(d)) if d != driver => format!("{d} bound instead of {driver}"),
                     _ => format!("{driver} bound but created no DRM device"),
                 };
@@ -222,16 +264,25 @@ impl Session {
     /// Saves what the card shows to `path` once fbcon has drawn something; returns the ink
     /// ratio (fraction of non-background pixels).
     pub async fn screenshot(&self, path: &Path, wait: Duration) -> Result<f64> {
-        let server = self.server.as_ref().ok_or_else(|| anyhow!("no card server is running"))?;
+        let server = self
+            .server
+            .as_ref()
+            .ok_or_else(|| anyhow!("no card server is running"))?;
         let deadline = Instant::now() + wait;
         loop {
-            let reply = server.request(&Request::Screenshot { path: path.to_path_buf() }).await?;
+            let reply = server
+                .request(&Request::Screenshot {
+                    path: path.to_path_buf(),
+                })
+                .await?;
             let ink = reply.ink.unwrap_or(0.0);
             if reply.ok && ink > 0.001 {
                 return Ok(ink);
             }
             if Instant::now() > deadline {
-                let why = reply.error.unwrap_or_else(|| "the screen stayed blank".into());
+                let why = reply
+                    .error
+                    .unwrap_or_else(|| "the screen stayed blank".into());
                 bail!("no picture on the card within {wait:?}: {why}");
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -240,8 +291,16 @@ impl Session {
 
     /// Interrupts counted by the guest on the card's IRQ lines.
     pub async fn irq_count(&mut self, name: &str) -> Result<u64> {
-        let out = self.agent.check(&format!(". /etc/vanish/lib.sh; irq_count {name}"), AGENT_WAIT).await?;
-        out.trim().parse().with_context(|| format!("bad irq count {out:?}"))
+        let out = self
+            .agent
+            .check(
+                &format!(". /etc/vanish/lib.sh; irq_count {name}"),
+                AGENT_WAIT,
+            )
+            .await?;
+        out.trim()
+            .parse()
+            .with_context(|| format!("bad irq count {out:?}"))
     }
 }
 
@@ -279,7 +338,8 @@ impl ScenarioRun {
 
     /// Marks the start of a step (for attributing splats).
     pub fn step(&mut self, session: &Session, name: &str) {
-        self.steps.push((session.vm.console.mark(), name.to_string()));
+        self.steps
+            .push((session.vm.console.mark(), name.to_string()));
     }
 
     pub fn observe(&mut self, key: &str, value: impl Into<serde_json::Value>) {
@@ -304,7 +364,13 @@ impl ScenarioRun {
             .into_iter()
             .map(|mut s| {
                 let at = self.log_mark + s.line.saturating_sub(1);
-                let step = self.steps.iter().rev().find(|(m, _)| *m <= at).map(|(_, n)| n.clone()).unwrap_or_default();
+                let step = self
+                    .steps
+                    .iter()
+                    .rev()
+                    .find(|(m, _)| *m <= at)
+                    .map(|(_, n)| n.clone())
+                    .unwrap_or_default();
                 s.line = at + 1;
                 FoundSplat { splat: s, step }
             })
@@ -318,7 +384,12 @@ impl ScenarioRun {
         };
         let mut problems = self.problems;
         for s in &splats {
-            problems.push(format!("{} during '{}': {}", s.splat.kind.as_str(), s.step, s.splat.first_line));
+            problems.push(format!(
+                "{} during '{}': {}",
+                s.splat.kind.as_str(),
+                s.step,
+                s.splat.first_line
+            ));
         }
         ScenarioReport {
             name: self.name,
@@ -351,38 +422,18 @@ async fn provision(cfg: &RunConfig, dir: &Path) -> Result<(Qemu, GuestKernel, Pa
             KernelChoice::User { image, modules } => images::user_kernel(cfg.arch, image, modules.as_deref())?,
         };
         let driver = cfg.model.linux_module();
-        let wanted = ["virtio_pci", "virtio_console", driver];
-        let lib = dir.join("lib.sh");
-        std::fs::write(&lib, crate::guest::LIB)?;
-        // The initramfs holds the module list; which of them is the card driver is decided
-        // here, so build once with placeholder lists, then split the load order.
-        let probe = images::build_initramfs(
-            &cache,
-            &InitramfsSpec { kernel: &kernel, modules: &wanted, init: crate::guest::INIT, files: &[] },
-        )?;
-        let is_driver = |path: &str| {
-            let stem = path.rsplit('/').next().unwrap_or(path);
-            let stem = stem.split('.').next().unwrap_or(stem);
-            stem.replace('-', "_") == driver.replace('-', "_")
-        };
-        let (drivers, support): (Vec<String>, Vec<String>) =
-            probe.load_order.iter().cloned().partition(|p| is_driver(p));
-        if probe.missing_modules.iter().any(|m| m == driver) {
-            bail!(
-                "kernel {} has no {} driver (neither built in nor as a module): it cannot drive a {} card",
-                kernel.release,
-                cfg.model.linux_driver(),
-                cfg.model.name()
-            );
-        }
-        let (v, d) = cfg.model.pci_id();
+        let support = ["virtio_pci", "virtio_console"];
         let write = |name: &str, body: String| -> Result<PathBuf> {
             let p = dir.join(name);
             std::fs::write(&p, body)?;
             Ok(p)
         };
+        let lib = write("lib.sh", crate::guest::LIB.to_string())?;
+        // The guest modprobes the support modules, sets up the card (bme-ids), then modprobes
+        // the driver: busybox modprobe resolves dependencies from the initramfs' modules.dep.
         let modules = write("modules", support.join("\n") + "\n")?;
-        let driver_modules = write("driver-modules", drivers.join("\n") + "\n")?;
+        let driver_modules = write("driver-modules", format!("{driver}\n"))?;
+        let (v, d) = cfg.model.pci_id();
         let bme = write(
             "bme-ids",
             if cfg.model == ModelKind::Hibmc { format!("{v:#06x} {d:#06x}\n") } else { String::new() },
@@ -393,18 +444,35 @@ async fn provision(cfg: &RunConfig, dir: &Path) -> Result<(Qemu, GuestKernel, Pa
             ("/etc/vanish/driver-modules", driver_modules.as_path(), 0o644),
             ("/etc/vanish/bme-ids", bme.as_path(), 0o644),
         ];
+        let wanted = [support[0], support[1], driver];
         let initramfs = images::build_initramfs(
             &cache,
             &InitramfsSpec { kernel: &kernel, modules: &wanted, init: crate::guest::INIT, files: &files },
         )?;
+        if initramfs.missing_modules.iter().any(|m| m == driver) {
+            bail!(
+                "kernel {} has no {} driver (neither built in nor as a module): it cannot drive a {} card",
+                kernel.release,
+                cfg.model.linux_driver(),
+                cfg.model.name()
+            );
+        }
         Ok((qemu, kernel, initramfs.path))
     })
     .await?
 }
 
 /// Boots the guest with a cold-plugged card; returns once the agent answers.
-async fn boot(cfg: &RunConfig, qemu: &Qemu, kernel: &GuestKernel, initrd: &Path) -> Result<Session> {
-    let dir = tempfile::Builder::new().prefix("vanish-").tempdir().context("creating a temp dir")?;
+async fn boot(
+    cfg: &RunConfig,
+    qemu: &Qemu,
+    kernel: &GuestKernel,
+    initrd: &Path,
+) -> Result<Session> {
+    let dir = tempfile::Builder::new()
+        .prefix("vanish-")
+        .tempdir()
+        .context("creating a temp dir")?;
     let server = CardServer::start(cfg, dir.path(), 0, &cfg.out.join("server.log")).await?;
     let vm_cfg = VmConfig {
         arch: cfg.arch,
@@ -417,8 +485,19 @@ async fn boot(cfg: &RunConfig, qemu: &Qemu, kernel: &GuestKernel, initrd: &Path)
         agent_socket: dir.path().join("agent.sock"),
         card_socket: Some(server.socket.clone()),
     };
-    print_step(&format!("booting {} ({}) with a {} card", kernel.release, cfg.arch.debian(), cfg.model.name()));
-    let mut vm = Vm::start(qemu, &vm_cfg, &cfg.out.join("console.log"), &cfg.out.join("qemu.log")).await?;
+    print_step(&format!(
+        "booting {} ({}) with a {} card",
+        kernel.release,
+        cfg.arch.debian(),
+        cfg.model.name()
+    ));
+    let mut vm = Vm::start(
+        qemu,
+        &vm_cfg,
+        &cfg.out.join("console.log"),
+        &cfg.out.join("qemu.log"),
+    )
+    .await?;
     let qmp = Qmp::connect(&vm_cfg.qmp_socket, Duration::from_secs(20)).await;
     let qmp = match qmp {
         Ok(q) => q,
@@ -437,9 +516,15 @@ async fn boot(cfg: &RunConfig, qemu: &Qemu, kernel: &GuestKernel, initrd: &Path)
     };
     let release = match ready {
         Ok(out) => out.stdout.trim().to_string(),
-        Err(e) => bail!("the guest did not come up: {e:#}; last console lines:\n{}", vm.console.tail(15)),
+        Err(e) => bail!(
+            "the guest did not come up: {e:#}; last console lines:\n{}",
+            vm.console.tail(15)
+        ),
     };
-    print_step(&format!("guest up in {:.1}s", started.elapsed().as_secs_f64()));
+    print_step(&format!(
+        "guest up in {:.1}s",
+        started.elapsed().as_secs_f64()
+    ));
     Ok(Session {
         cfg: cfg.clone(),
         vm,
@@ -482,7 +567,16 @@ async fn boot_checks(session: &mut Session, run: &mut ScenarioRun) -> Result<()>
         session.cfg.model.linux_driver(),
         run.pci_address.as_deref().unwrap_or("?")
     ));
-    for key in ["pci_address", "parent", "parent_id", "parent_class", "command", "drm", "fb0_size", "irq"] {
+    for key in [
+        "pci_address",
+        "parent",
+        "parent_id",
+        "parent_class",
+        "command",
+        "drm",
+        "fb0_size",
+        "irq",
+    ] {
         if let Some(v) = status.get(key) {
             run.observe(key, v);
         }
@@ -499,7 +593,10 @@ async fn boot_checks(session: &mut Session, run: &mut ScenarioRun) -> Result<()>
     }
     // The card sits behind the hotplug root port (QEMU's pcie-root-port is 1b36:000c).
     if status.get("parent_id") != Some("0x1b36:0x000c") {
-        run.fail(format!("the card is not behind the pcie-root-port (parent {:?})", status.get("parent_id")));
+        run.fail(format!(
+            "the card is not behind the pcie-root-port (parent {:?})",
+            status.get("parent_id")
+        ));
     }
 
     run.step(session, "screenshot");
@@ -550,7 +647,13 @@ pub async fn run_scenario(session: &mut Session, scenario: &Scenario) -> Scenari
     // Clients the scenario left running are closed so the next scenario starts clean.
     let leftover: Vec<String> = session.clients.keys().cloned().collect();
     for name in leftover {
-        let _ = session.agent.run(&format!("@client stop {name} 5000"), Duration::from_secs(15)).await;
+        let _ = session
+            .agent
+            .run(
+                &format!("@client stop {name} 5000"),
+                Duration::from_secs(15),
+            )
+            .await;
         session.clients.remove(&name);
     }
     session.client_final.clear();
@@ -561,7 +664,13 @@ pub async fn run_scenario(session: &mut Session, scenario: &Scenario) -> Scenari
 /// problems: those become a report with an error and exit code 125.
 pub async fn run(cfg: RunConfig) -> Result<Report> {
     std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
-    for stale in ["console.log", "qemu.log", "server.log", "report.json", "screenshot.png"] {
+    for stale in [
+        "console.log",
+        "qemu.log",
+        "server.log",
+        "report.json",
+        "screenshot.png",
+    ] {
         let _ = std::fs::remove_file(cfg.out.join(stale));
     }
     let started = Instant::now();
@@ -577,7 +686,9 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
         scenarios: Vec::new(),
         error: None,
     };
-    let work = tempfile::Builder::new().prefix("vanish-initrd-").tempdir()?;
+    let work = tempfile::Builder::new()
+        .prefix("vanish-initrd-")
+        .tempdir()?;
     let result: Result<()> = async {
         let (qemu, kernel, initrd) = provision(&cfg, work.path()).await?;
         report.qemu_version = qemu.version.clone();

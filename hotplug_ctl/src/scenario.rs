@@ -37,8 +37,13 @@ pub enum Removal {
 }
 
 impl Removal {
-    pub const ALL: [Removal; 5] =
-        [Removal::Unbind, Removal::RemoveRescan, Removal::HotUnplug, Removal::Surprise, Removal::ServerCrash];
+    pub const ALL: [Removal; 5] = [
+        Removal::Unbind,
+        Removal::RemoveRescan,
+        Removal::HotUnplug,
+        Removal::Surprise,
+        Removal::ServerCrash,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -57,19 +62,25 @@ impl Removal {
 
     /// Whether the card leaves QEMU too, so coming back needs a new server and `device_add`.
     pub fn leaves_vm(self) -> bool {
-        matches!(self, Removal::HotUnplug | Removal::Surprise | Removal::ServerCrash)
+        matches!(
+            self,
+            Removal::HotUnplug | Removal::Surprise | Removal::ServerCrash
+        )
     }
 }
 
 impl std::str::FromStr for Removal {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Removal::ALL.into_iter().find(|r| r.name() == s).ok_or_else(|| {
-            format!(
-                "unknown removal mode '{s}' (expected {})",
-                Removal::ALL.map(|r| r.name()).join(", ")
-            )
-        })
+        Removal::ALL
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown removal mode '{s}' (expected {})",
+                    Removal::ALL.map(|r| r.name()).join(", ")
+                )
+            })
     }
 }
 
@@ -101,7 +112,9 @@ impl std::str::FromStr for ClientKind {
             "kms" => Ok(ClientKind::Kms),
             "fbdev" => Ok(ClientKind::Fbdev),
             "idle-open" => Ok(ClientKind::IdleOpen),
-            _ => Err(format!("unknown client '{s}' (expected kms, fbdev or idle-open)")),
+            _ => Err(format!(
+                "unknown client '{s}' (expected kms, fbdev or idle-open)"
+            )),
         }
     }
 }
@@ -139,7 +152,11 @@ pub enum Condition {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
     WaitBound(Duration),
-    Client { kind: ClientKind, name: String, wait_ready: bool },
+    Client {
+        kind: ClientKind,
+        name: String,
+        wait_ready: bool,
+    },
     Close(String),
     Unplug(Removal),
     /// Brings the card back the way the last removal requires (bind, rescan or a new card).
@@ -159,7 +176,9 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Step::WaitBound(_) => write!(f, "wait-bound"),
-            Step::Client { kind, name, .. } if name == kind.name() => write!(f, "client {}", kind.name()),
+            Step::Client { kind, name, .. } if name == kind.name() => {
+                write!(f, "client {}", kind.name())
+            }
             Step::Client { kind, name, .. } => write!(f, "client {} as {name}", kind.name()),
             Step::Close(n) => write!(f, "close {n}"),
             Step::Unplug(r) => write!(f, "unplug {}", r.name()),
@@ -296,7 +315,10 @@ fn convert(src: &str, file: &str, raw: &[RawStep]) -> Result<Vec<Step>, String> 
             RawStep::Repeat(rep) => {
                 let n = *rep.repeat.get_ref();
                 if n == 0 || n > 1000 {
-                    return Err(format!("{file}:{}: repeat count {n} is out of range (1 to 1000)", line_of(src, rep.repeat.span().start)));
+                    return Err(format!(
+                        "{file}:{}: repeat count {n} is out of range (1 to 1000)",
+                        line_of(src, rep.repeat.span().start)
+                    ));
                 }
                 Ok(Step::Repeat(n, convert(src, file, &rep.steps)?))
             }
@@ -311,14 +333,26 @@ impl Scenario {
             let line = e.span().map(|s| line_of(src, s.start)).unwrap_or(1);
             format!("{file}:{line}: {}", e.message())
         })?;
-        if raw.name.is_empty() || !raw.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            return Err(format!("{file}:1: scenario name '{}' must be letters, digits, '-', '_' or '.'", raw.name));
+        if raw.name.is_empty()
+            || !raw
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(format!(
+                "{file}:1: scenario name '{}' must be letters, digits, '-', '_' or '.'",
+                raw.name
+            ));
         }
         let steps = convert(src, file, &raw.steps)?;
         if steps.is_empty() {
             return Err(format!("{file}: a scenario needs at least one step"));
         }
-        Ok(Scenario { name: raw.name, description: raw.description, steps })
+        Ok(Scenario {
+            name: raw.name,
+            description: raw.description,
+            steps,
+        })
     }
 
     pub fn load(path: &Path) -> Result<Scenario, String> {
@@ -344,27 +378,62 @@ impl Scenario {
     /// each checked from inside the guest.
     pub fn cycle(mode: Removal) -> Scenario {
         let mut steps = vec![Step::Unplug(mode)];
-        steps.push(Step::Expect(if mode.leaves_bus() { Condition::Gone } else { Condition::Unbound }));
+        steps.push(Step::Expect(if mode.leaves_bus() {
+            Condition::Gone
+        } else {
+            Condition::Unbound
+        }));
         steps.push(Step::Replug);
         steps.push(Step::WaitBound(Duration::from_secs(60)));
         steps.push(Step::Expect(Condition::Drawing));
-        Scenario { name: mode.name().to_string(), description: format!("{} and back", mode.name()), steps }
+        Scenario {
+            name: mode.name().to_string(),
+            description: format!("{} and back", mode.name()),
+            steps,
+        }
     }
 }
 
 /// The built-in set: IGT core_hotunplug's subtests on our cards, plus what IGT cannot do.
 pub const BUILTIN_TOML: &[(&str, &str)] = &[
-    ("unbind-rebind", include_str!("../scenarios/unbind-rebind.toml")),
-    ("unplug-rescan", include_str!("../scenarios/unplug-rescan.toml")),
-    ("hotunbind-rebind", include_str!("../scenarios/hotunbind-rebind.toml")),
-    ("hotunplug-rescan", include_str!("../scenarios/hotunplug-rescan.toml")),
+    (
+        "unbind-rebind",
+        include_str!("../scenarios/unbind-rebind.toml"),
+    ),
+    (
+        "unplug-rescan",
+        include_str!("../scenarios/unplug-rescan.toml"),
+    ),
+    (
+        "hotunbind-rebind",
+        include_str!("../scenarios/hotunbind-rebind.toml"),
+    ),
+    (
+        "hotunplug-rescan",
+        include_str!("../scenarios/hotunplug-rescan.toml"),
+    ),
     ("hotrebind", include_str!("../scenarios/hotrebind.toml")),
     ("hotreplug", include_str!("../scenarios/hotreplug.toml")),
-    ("hotrebind-lateclose", include_str!("../scenarios/hotrebind-lateclose.toml")),
-    ("hotreplug-lateclose", include_str!("../scenarios/hotreplug-lateclose.toml")),
-    ("surprise-with-mmap", include_str!("../scenarios/surprise-with-mmap.toml")),
-    ("server-crash", include_str!("../scenarios/server-crash.toml")),
-    ("surprise-during-modeset", include_str!("../scenarios/surprise-during-modeset.toml")),
+    (
+        "hotrebind-lateclose",
+        include_str!("../scenarios/hotrebind-lateclose.toml"),
+    ),
+    (
+        "hotreplug-lateclose",
+        include_str!("../scenarios/hotreplug-lateclose.toml"),
+    ),
+    (
+        "surprise-with-mmap",
+        include_str!("../scenarios/surprise-with-mmap.toml"),
+    ),
+    (
+        "server-crash",
+        include_str!("../scenarios/server-crash.toml"),
+    ),
+    (
+        "surprise-during-modeset",
+        include_str!("../scenarios/surprise-during-modeset.toml"),
+    ),
 ];
 
 /// The built-in scenarios, parsed (they are tested to parse).
@@ -391,34 +460,57 @@ mod tests {
 
     #[test]
     fn steps_parse() {
-        assert_eq!(parse_step("unplug surprise"), Ok(Step::Unplug(Removal::Surprise)));
+        assert_eq!(
+            parse_step("unplug surprise"),
+            Ok(Step::Unplug(Removal::Surprise))
+        );
         assert_eq!(
             parse_step("client kms as k2 nowait"),
-            Ok(Step::Client { kind: ClientKind::Kms, name: "k2".into(), wait_ready: false })
+            Ok(Step::Client {
+                kind: ClientKind::Kms,
+                name: "k2".into(),
+                wait_ready: false
+            })
         );
         assert_eq!(
             parse_step("expect client kms signal SIGBUS"),
-            Ok(Step::Expect(Condition::ClientSignal("kms".into(), "SIGBUS".into())))
+            Ok(Step::Expect(Condition::ClientSignal(
+                "kms".into(),
+                "SIGBUS".into()
+            )))
         );
-        assert_eq!(parse_step("sleep 0.5"), Ok(Step::Sleep(Duration::from_millis(500))));
-        assert!(parse_step("unplug sideways").unwrap_err().contains("unknown removal mode"));
+        assert_eq!(
+            parse_step("sleep 0.5"),
+            Ok(Step::Sleep(Duration::from_millis(500)))
+        );
+        assert!(parse_step("unplug sideways")
+            .unwrap_err()
+            .contains("unknown removal mode"));
         assert!(parse_step("sleep -1").is_err());
         assert!(parse_step("sleep NaN").is_err());
-        assert!(parse_step("expect happiness").unwrap_err().contains("unknown condition"));
+        assert!(parse_step("expect happiness")
+            .unwrap_err()
+            .contains("unknown condition"));
     }
 
     #[test]
     fn repeat_tables_nest() {
         let src = "name = \"r\"\nsteps = [\n  \"wait-bound\",\n  { repeat = 3, steps = [\"unplug unbind\", \"replug\"] },\n]\n";
         let s = Scenario::parse(src, "r.toml").unwrap();
-        assert_eq!(s.steps[1], Step::Repeat(3, vec![Step::Unplug(Removal::Unbind), Step::Replug]));
+        assert_eq!(
+            s.steps[1],
+            Step::Repeat(3, vec![Step::Unplug(Removal::Unbind), Step::Replug])
+        );
     }
 
     #[test]
     fn errors_name_file_and_line() {
         let src = "name = \"bad\"\nsteps = [\n  \"wait-bound\",\n  \"unplug sideways\",\n]\n";
         let e = Scenario::parse(src, "bad.toml").unwrap_err();
-        assert!(e.starts_with("bad.toml:4: unknown removal mode 'sideways'"), "{e}");
+        assert!(
+            e.starts_with("bad.toml:4: unknown removal mode 'sideways'"),
+            "{e}"
+        );
 
         let e = Scenario::parse("name = \"x\"\nstepz = []\n", "x.toml").unwrap_err();
         assert!(e.starts_with("x.toml:"), "{e}");
@@ -434,7 +526,9 @@ mod tests {
     #[test]
     fn resolve_finds_builtins_and_rejects_unknown_names() {
         assert_eq!(Scenario::resolve("hotreplug").unwrap().name, "hotreplug");
-        assert!(Scenario::resolve("no-such-thing").unwrap_err().contains("vanish list"));
+        assert!(Scenario::resolve("no-such-thing")
+            .unwrap_err()
+            .contains("vanish list"));
     }
 
     #[test]

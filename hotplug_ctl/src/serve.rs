@@ -34,28 +34,44 @@ pub fn device_arg(socket: &Path, id: &str, bus: &str) -> String {
 pub fn card_options(config: &ServeConfig) -> Result<CardOptions> {
     let vram_size = config.vram_size.unwrap_or(config.model.default_vram_size());
     if !vram_size.is_power_of_two() || vram_size < (1 << 20) {
-        bail!("--vram-size {vram_size} is not a power of two of at least 1 MiB (a PCI BAR must be)");
+        bail!(
+            "--vram-size {vram_size} is not a power of two of at least 1 MiB (a PCI BAR must be)"
+        );
     }
     let edid = match &config.edid {
         Some(path) => {
-            let blob = std::fs::read(path).with_context(|| format!("reading EDID {}", path.display()))?;
-            device::edid::validate(&blob).map_err(|e| anyhow::anyhow!("EDID {}: {e}", path.display()))?;
+            let blob =
+                std::fs::read(path).with_context(|| format!("reading EDID {}", path.display()))?;
+            device::edid::validate(&blob)
+                .map_err(|e| anyhow::anyhow!("EDID {}: {e}", path.display()))?;
             Some(blob)
         }
         None => None,
     };
-    Ok(CardOptions { vram_size, edid, no_monitor: config.no_monitor })
+    Ok(CardOptions {
+        vram_size,
+        edid,
+        no_monitor: config.no_monitor,
+    })
 }
 
 /// Runs the server until SIGINT/SIGTERM; removes its sockets on the way out.
 pub async fn serve(config: ServeConfig) -> Result<()> {
     let options = card_options(&config)?;
     if config.socket.exists() {
-        bail!("socket {} already exists (another server, or a stale file to remove)", config.socket.display());
+        bail!(
+            "socket {} already exists (another server, or a stale file to remove)",
+            config.socket.display()
+        );
     }
     let card = Card::new(build_model(config.model, &options)?);
     let server = Server::bind(&config.socket, Arc::clone(&card))?;
-    let _cleanup = RemoveOnDrop(vec![config.socket.clone()].into_iter().chain(config.control.clone()).collect());
+    let _cleanup = RemoveOnDrop(
+        vec![config.socket.clone()]
+            .into_iter()
+            .chain(config.control.clone())
+            .collect(),
+    );
 
     let control = match &config.control {
         Some(path) => {
@@ -65,7 +81,8 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
             let path = path.clone();
             let card = Arc::clone(&card);
             // Bind before announcing readiness so `vanish ctl` works as soon as we print.
-            let listener_ready = tokio::spawn(async move { crate::control::serve(&path, card).await });
+            let listener_ready =
+                tokio::spawn(async move { crate::control::serve(&path, card).await });
             Some(listener_ready)
         }
         None => None,
@@ -77,18 +94,26 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         options.vram_size >> 20,
         config.socket.display()
     );
-    println!("attach it with:\n  -device '{}'", device_arg(&config.socket, "gpu0", "rp1"));
+    println!(
+        "attach it with:\n  -device '{}'",
+        device_arg(&config.socket, "gpu0", "rp1")
+    );
     if let Some(control) = &config.control {
-        println!("control it with:\n  vanish ctl --control {} dead|alive|status|screenshot PATH", control.display());
+        println!(
+            "control it with:\n  vanish ctl --control {} dead|alive|status|screenshot PATH",
+            control.display()
+        );
     }
 
     let stop = Arc::new(AtomicBool::new(false));
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     {
         let stop = Arc::clone(&stop);
-        std::thread::Builder::new().name("vfio-user".into()).spawn(move || {
-            let _ = done_tx.send(server.serve(&stop));
-        })?;
+        std::thread::Builder::new()
+            .name("vfio-user".into())
+            .spawn(move || {
+                let _ = done_tx.send(server.serve(&stop));
+            })?;
     }
 
     let mut term = signal(SignalKind::terminate())?;

@@ -561,43 +561,36 @@ impl Open {
 
     /// Takes a line of the incident's body.
     fn body(&mut self, event: Event, no: usize, line: &Line<'_>) {
+        let framed = !self.frames.is_empty();
         match (self.phase, event) {
-            (Phase::Header, Event::CallTrace) => {
-                if no.saturating_sub(self.head_line) <= HEADER_SPAN {
-                    self.phase = Phase::Trace;
-                    self.gap = 0;
-                }
+            (Phase::Header, Event::CallTrace)
+                if no.saturating_sub(self.head_line) <= HEADER_SPAN =>
+            {
+                self.phase = Phase::Trace;
+                self.gap = 0;
             }
             (Phase::Trace, Event::Frame(frame)) => {
                 self.frames.push(frame);
                 self.gap = 0;
             }
-            (Phase::Trace, Event::Marker(end_task)) => {
-                if end_task && !self.frames.is_empty() {
-                    self.phase = Phase::Done;
-                }
+            // `</TASK>`, a second `Call Trace:`, or a blank kernel line (KASAN's sections) end
+            // the trace; a blank line of noise only does when the log has no prefixes to tell
+            // the two apart.
+            (Phase::Trace, Event::Marker(true) | Event::CallTrace) if framed => {
+                self.phase = Phase::Done;
             }
-            (Phase::Trace, Event::CallTrace) => {
-                if !self.frames.is_empty() {
-                    self.phase = Phase::Done;
-                }
+            (Phase::Trace, Event::Blank) if framed && (line.prefixed || !self.prefixed) => {
+                self.phase = Phase::Done;
             }
-            (Phase::Trace, Event::Blank) => {
-                // A blank kernel line ends a trace (KASAN's sections, lockdep); a blank line of
-                // noise only does when the log has no prefixes to tell the two apart.
-                if !self.frames.is_empty() && (line.prefixed || !self.prefixed) {
-                    self.phase = Phase::Done;
-                }
+            (Phase::Trace, Event::Other)
+                if framed && (line.msg.ends_with(':') || TRACE_END.is_match(line.msg)) =>
+            {
+                self.phase = Phase::Done;
             }
             (Phase::Trace, Event::Other) => {
-                let ends = line.msg.ends_with(':') || TRACE_END.is_match(line.msg);
-                if !self.frames.is_empty() && ends {
+                self.gap += 1;
+                if self.gap > TRACE_GAP {
                     self.phase = Phase::Done;
-                } else {
-                    self.gap += 1;
-                    if self.gap > TRACE_GAP {
-                        self.phase = Phase::Done;
-                    }
                 }
             }
             _ => {}

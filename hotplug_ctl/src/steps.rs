@@ -43,7 +43,9 @@ const PCIEHP_WAIT: Duration = Duration::from_secs(30);
 
 impl Session {
     fn bdf(&self) -> Result<String> {
-        self.pci_address.clone().ok_or_else(|| anyhow!("the card's PCI address is not known yet (no wait-bound before?)"))
+        self.pci_address.clone().ok_or_else(|| {
+            anyhow!("the card's PCI address is not known yet (no wait-bound before?)")
+        })
     }
 
     /// Runs a guest command that the kernel must complete in time; a timeout is a kernel
@@ -51,62 +53,72 @@ impl Session {
     async fn guest(&mut self, what: &str, command: &str, wait: Duration) -> StepResult {
         match self.agent.run(command, wait).await {
             Ok(out) if out.success() => Ok(()),
-            Ok(out) => fail(format!("{what} failed (exit {}): {}", out.status, out.stdout.trim())),
+            Ok(out) => fail(format!(
+                "{what} failed (exit {}): {}",
+                out.status,
+                out.stdout.trim()
+            )),
             Err(e) if e.to_string().contains("did not finish") => {
                 self.agent_stuck = true;
-                fail(format!("{what} did not return within {wait:?}: the guest is stuck in the kernel"))
+                fail(format!(
+                    "{what} did not return within {wait:?}: the guest is stuck in the kernel"
+                ))
             }
             Err(e) => Err(StepError::Rig(format!("{what}: {e:#}"))),
         }
     }
 
-    /// hibmc 6.1/6.12 never set Bus Master Enable (QEMU drops MSIs then), so for hibmc the
-    /// guest runs with drivers_autoprobe off and the harness sets BME before probing. The
-    /// driver's probe is unchanged; only who triggers it differs (see images/guest/init.sh).
-    async fn probe_card(&mut self) -> StepResult {
-        if self.cfg.model != ModelKind::Hibmc {
-            return Ok(());
-        }
-        let (v, d) = self.cfg.model.pci_id();
-        let cmd = format!(
-            ". /etc/vanish/lib.sh; for b in $(find_card {v:#06x} {d:#06x}); do set_bus_master $b; [ -e /sys/bus/pci/devices/$b/driver ] || echo $b > /sys/bus/pci/drivers_probe; done; true"
-        );
-        self.guest("probing the card", &cmd, SYSFS_WAIT).await
-    }
-
     async fn unbind(&mut self) -> StepResult {
         let bdf = self.bdf()?;
         let driver = self.cfg.model.linux_driver();
-        self.guest("unbind", &format!("echo {bdf} > /sys/bus/pci/drivers/{driver}/unbind"), SYSFS_WAIT).await
+        self.guest(
+            "unbind",
+            &format!("echo {bdf} > /sys/bus/pci/drivers/{driver}/unbind"),
+            SYSFS_WAIT,
+        )
+        .await
     }
 
     async fn bind(&mut self) -> StepResult {
         let bdf = self.bdf()?;
         let driver = self.cfg.model.linux_driver();
-        if self.cfg.model == ModelKind::Hibmc {
-            self.guest("set bus master", &format!(". /etc/vanish/lib.sh; set_bus_master {bdf}"), SYSFS_WAIT).await?;
-        }
-        self.guest("bind", &format!("echo {bdf} > /sys/bus/pci/drivers/{driver}/bind"), SYSFS_WAIT).await
+        // No Bus Master Enable here, unlike at boot: unbind ran pci_disable_device(), which
+        // cleared it, and a driver that wants MSIs must set it again itself (hibmc does only
+        // from 7.x on; see images/guest/init.sh).
+        self.guest(
+            "bind",
+            &format!("echo {bdf} > /sys/bus/pci/drivers/{driver}/bind"),
+            SYSFS_WAIT,
+        )
+        .await
     }
 
     async fn rescan(&mut self) -> StepResult {
-        self.guest("rescan", "echo 1 > /sys/bus/pci/rescan", SYSFS_WAIT).await?;
-        self.probe_card().await
+        self.guest("rescan", "echo 1 > /sys/bus/pci/rescan", SYSFS_WAIT)
+            .await
     }
 
     /// QMP device_del and the guest's pciehp acknowledging it.
     async fn device_del(&mut self) -> StepResult {
-        let bdf = self.pci_address.clone().unwrap_or_else(|| "the card".into());
+        let bdf = self
+            .pci_address
+            .clone()
+            .unwrap_or_else(|| "the card".into());
         self.qmp
             .execute("device_del", json!({ "id": CARD_ID }))
             .await
             .map_err(|e| StepError::Rig(format!("device_del: {e:#}")))?;
         let deleted = self
             .qmp
-            .wait_event("DEVICE_DELETED", PCIEHP_WAIT, |d| d.get("device").and_then(Value::as_str) == Some(CARD_ID))
+            .wait_event("DEVICE_DELETED", PCIEHP_WAIT, |d| {
+                d.get("device").and_then(Value::as_str) == Some(CARD_ID)
+            })
             .await;
         if deleted.is_err() {
-            return fail(format!("pciehp did not remove {bdf} within {}s (no DEVICE_DELETED)", PCIEHP_WAIT.as_secs()));
+            return fail(format!(
+                "pciehp did not remove {bdf} within {}s (no DEVICE_DELETED)",
+                PCIEHP_WAIT.as_secs()
+            ));
         }
         // QEMU has dropped the device; its server sees the disconnect. Stop it cleanly unless
         // it was killed already.
@@ -122,9 +134,14 @@ impl Session {
             old.stop().await;
         }
         self.server_generation += 1;
-        let server = CardServer::start(&self.cfg, self.dir.path(), self.server_generation, &self.cfg.out.join("server.log"))
-            .await
-            .map_err(|e| StepError::Rig(format!("{e:#}")))?;
+        let server = CardServer::start(
+            &self.cfg,
+            self.dir.path(),
+            self.server_generation,
+            &self.cfg.out.join("server.log"),
+        )
+        .await
+        .map_err(|e| StepError::Rig(format!("{e:#}")))?;
         let args = json!({
             "driver": "vfio-user-pci",
             "id": CARD_ID,
@@ -132,7 +149,10 @@ impl Session {
             "socket": { "type": "unix", "path": server.socket },
         });
         self.server = Some(server);
-        self.qmp.execute("device_add", args).await.map_err(|e| StepError::Rig(format!("device_add: {e:#}")))?;
+        self.qmp
+            .execute("device_add", args)
+            .await
+            .map_err(|e| StepError::Rig(format!("device_add: {e:#}")))?;
         // pciehp powers the slot on 5 s after the button press; then the bus is scanned.
         let deadline = Instant::now() + PCIEHP_WAIT;
         loop {
@@ -142,16 +162,28 @@ impl Session {
                 break;
             }
             if Instant::now() > deadline {
-                return fail(format!("pciehp did not add the new card within {}s", PCIEHP_WAIT.as_secs()));
+                return fail(format!(
+                    "pciehp did not add the new card within {}s",
+                    PCIEHP_WAIT.as_secs()
+                ));
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        self.probe_card().await
+        Ok(())
     }
 
     async fn set_dead(&mut self, dead: bool) -> StepResult {
-        let server = self.server.as_ref().ok_or_else(|| anyhow!("no card server is running"))?;
-        let reply = server.request(if dead { &Request::Dead } else { &Request::Alive }).await?;
+        let server = self
+            .server
+            .as_ref()
+            .ok_or_else(|| anyhow!("no card server is running"))?;
+        let reply = server
+            .request(if dead {
+                &Request::Dead
+            } else {
+                &Request::Alive
+            })
+            .await?;
         if !reply.ok {
             return Err(StepError::Rig(reply.error.unwrap_or_default()));
         }
@@ -164,7 +196,12 @@ impl Session {
             Removal::Unbind => self.unbind().await?,
             Removal::RemoveRescan => {
                 let bdf = self.bdf()?;
-                self.guest("remove", &format!("echo 1 > /sys/bus/pci/devices/{bdf}/remove"), SYSFS_WAIT).await?
+                self.guest(
+                    "remove",
+                    &format!("echo 1 > /sys/bus/pci/devices/{bdf}/remove"),
+                    SYSFS_WAIT,
+                )
+                .await?
             }
             Removal::HotUnplug => self.device_del().await?,
             Removal::Surprise => {
@@ -181,12 +218,19 @@ impl Session {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 // What the guest sees of a card whose server is gone (QEMU answers trapped
                 // accesses with all-ones and logs an error for each).
-                let seen = self.read_mmio_bar().await.map(|v| format!("{v:#010x}")).unwrap_or_else(|e| format!("{e:#}"));
+                let seen = self
+                    .read_mmio_bar()
+                    .await
+                    .map(|v| format!("{v:#010x}"))
+                    .unwrap_or_else(|e| format!("{e:#}"));
                 run.observe("bar_read_after_crash", seen);
                 self.device_del().await?
             }
         }
-        run.observe(&format!("{}_s", mode.name()), started.elapsed().as_secs_f64());
+        run.observe(
+            &format!("{}_s", mode.name()),
+            started.elapsed().as_secs_f64(),
+        );
         self.last_removal = Some(mode);
         self.clients_stale = true;
         Ok(())
@@ -213,19 +257,36 @@ impl Session {
         };
         let out = self
             .agent
-            .check(&format!(". /etc/vanish/lib.sh; read_bar {bdf} {bar} 0"), Duration::from_secs(20))
+            .check(
+                &format!(". /etc/vanish/lib.sh; read_bar {bdf} {bar} 0"),
+                Duration::from_secs(20),
+            )
             .await?;
         let v = out.trim();
         u32::from_str_radix(v.trim_start_matches("0x").trim_start_matches("0X"), 16)
             .with_context(|| format!("bad BAR read result {v:?}"))
     }
 
-    async fn client_start(&mut self, run: &mut ScenarioRun, kind: ClientKind, name: &str, wait: bool) -> StepResult {
-        let cmd = format!("@client start {name} {}{}", kind.name(), if wait { "" } else { " nowait" });
+    async fn client_start(
+        &mut self,
+        run: &mut ScenarioRun,
+        kind: ClientKind,
+        name: &str,
+        wait: bool,
+    ) -> StepResult {
+        let cmd = format!(
+            "@client start {name} {}{}",
+            kind.name(),
+            if wait { "" } else { " nowait" }
+        );
         let out = self.agent.run(&cmd, Duration::from_secs(30)).await?;
         run.observe(&format!("client_{name}_start"), out.stdout.trim());
         if !out.success() {
-            return fail(format!("client {name} ({}) did not start: {}", kind.name(), out.stdout.trim()));
+            return fail(format!(
+                "client {name} ({}) did not start: {}",
+                kind.name(),
+                out.stdout.trim()
+            ));
         }
         self.clients.insert(name.to_string(), kind);
         Ok(())
@@ -236,18 +297,30 @@ impl Session {
         if let Some(v) = self.client_final.get(name) {
             return Ok(v.clone());
         }
-        let out = self.agent.check(&format!("@client report {name}"), Duration::from_secs(10)).await?;
+        let out = self
+            .agent
+            .check(&format!("@client report {name}"), Duration::from_secs(10))
+            .await?;
         parse_json_line(&out)
     }
 
     async fn client_close(&mut self, run: &mut ScenarioRun, name: &str) -> StepResult {
-        let out = self.agent.run(&format!("@client stop {name} 10000"), Duration::from_secs(30)).await?;
+        let out = self
+            .agent
+            .run(
+                &format!("@client stop {name} 10000"),
+                Duration::from_secs(30),
+            )
+            .await?;
         let status = parse_json_line(&out.stdout)?;
         run.observe(&format!("client_{name}"), status.clone());
         self.client_final.insert(name.to_string(), status.clone());
         self.clients.remove(name);
         if status.get("exited") != Some(&Value::Bool(true)) {
-            return fail(format!("client {name} did not exit after close: {}", status.get("state").unwrap_or(&Value::Null)));
+            return fail(format!(
+                "client {name} did not exit after close: {}",
+                status.get("state").unwrap_or(&Value::Null)
+            ));
         }
         Ok(())
     }
@@ -256,8 +329,13 @@ impl Session {
         match cond {
             Condition::Bound => {
                 let s = self.card_status().await?;
-                if s.get("driver") != Some(self.cfg.model.linux_driver()) || s.get("drm").is_none() {
-                    return fail(format!("expected {} bound with a DRM device, found driver {:?}", self.cfg.model.linux_driver(), s.get("driver")));
+                if s.get("driver") != Some(self.cfg.model.linux_driver()) || s.get("drm").is_none()
+                {
+                    return fail(format!(
+                        "expected {} bound with a DRM device, found driver {:?}",
+                        self.cfg.model.linux_driver(),
+                        s.get("driver")
+                    ));
                 }
             }
             Condition::Unbound => {
@@ -296,7 +374,8 @@ impl Session {
                 let deadline = Instant::now() + Duration::from_secs(20);
                 loop {
                     let shot = self.screenshot(&path, Duration::from_secs(20)).await;
-                    let bars = shot.is_ok() && crate::pattern::shows_colour_bars(&path).unwrap_or(false);
+                    let bars =
+                        shot.is_ok() && crate::pattern::shows_colour_bars(&path).unwrap_or(false);
                     if bars {
                         run.screenshot = Some(path);
                         break;
@@ -311,17 +390,26 @@ impl Session {
                 let v = self.read_mmio_bar().await?;
                 run.observe("bar_read_dead", format!("{v:#010x}"));
                 if v != 0xffff_ffff {
-                    return fail(format!("a read of the dead card's register BAR returned {v:#010x}, not 0xffffffff"));
+                    return fail(format!(
+                        "a read of the dead card's register BAR returned {v:#010x}, not 0xffffffff"
+                    ));
                 }
             }
             Condition::Vblank => {
-                let name = self.cfg.model.linux_driver().trim_end_matches("-drm").to_string();
+                let name = self
+                    .cfg
+                    .model
+                    .linux_driver()
+                    .trim_end_matches("-drm")
+                    .to_string();
                 let a = self.irq_count(&name).await?;
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let b = self.irq_count(&name).await?;
                 run.observe("vblank_irqs_per_s", b.saturating_sub(a));
                 if b <= a {
-                    return fail(format!("no vblank interrupts: /proc/interrupts count stayed at {a}"));
+                    return fail(format!(
+                        "no vblank interrupts: /proc/interrupts count stayed at {a}"
+                    ));
                 }
             }
             Condition::FirstMode(mode) => {
@@ -331,26 +419,43 @@ impl Session {
                 let connected = s.all("connector").iter().any(|c| c.ends_with(" connected"));
                 run.observe("modes", modes.clone());
                 if !connected || first != mode {
-                    return fail(format!("expected a connected connector with first mode {mode}; got '{modes}'"));
+                    return fail(format!(
+                        "expected a connected connector with first mode {mode}; got '{modes}'"
+                    ));
                 }
             }
             Condition::ClientSignal(name, sig) => {
                 let r = self.client_report(name).await?;
-                let n = r.pointer(&format!("/signals/{sig}")).and_then(Value::as_u64).unwrap_or(0);
+                let n = r
+                    .pointer(&format!("/signals/{sig}"))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
                 if n == 0 {
-                    return fail(format!("client {name} got no {sig} (signals: {})", r.get("signals").unwrap_or(&Value::Null)));
+                    return fail(format!(
+                        "client {name} got no {sig} (signals: {})",
+                        r.get("signals").unwrap_or(&Value::Null)
+                    ));
                 }
             }
             Condition::ClientIoctlError(name, errno) => {
                 let r = self.client_report(name).await?;
-                let n = r.pointer(&format!("/ioctl_errors/{errno}")).and_then(Value::as_u64).unwrap_or(0);
+                let n = r
+                    .pointer(&format!("/ioctl_errors/{errno}"))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
                 if n == 0 {
-                    return fail(format!("client {name} saw no {errno} (ioctl errors: {})", r.get("ioctl_errors").unwrap_or(&Value::Null)));
+                    return fail(format!(
+                        "client {name} saw no {errno} (ioctl errors: {})",
+                        r.get("ioctl_errors").unwrap_or(&Value::Null)
+                    ));
                 }
             }
             Condition::ClientExited(name) => {
                 let r = self.client_report(name).await?;
-                let closed_ok = r.get("close").and_then(Value::as_str).is_none_or(|c| c == "ok");
+                let closed_ok = r
+                    .get("close")
+                    .and_then(Value::as_str)
+                    .is_none_or(|c| c == "ok");
                 if r.get("exited") != Some(&Value::Bool(true)) || !closed_ok {
                     return fail(format!("client {name} did not close and exit cleanly: {r}"));
                 }
@@ -368,8 +473,19 @@ impl Session {
 
     fn next_screenshot(&mut self, scenario: &str, what: &str) -> PathBuf {
         self.screenshots += 1;
-        let safe: String = scenario.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
-        self.cfg.out.join(format!("{safe}-{:02}-{what}.png", self.screenshots))
+        let safe: String = scenario
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.cfg
+            .out
+            .join(format!("{safe}-{:02}-{what}.png", self.screenshots))
     }
 
     /// Runs one step (recursively for repeats), recording it on `run`.
@@ -386,9 +502,17 @@ impl Session {
                     self.ever_bound = true;
                 }
                 Err(e) if self.ever_bound => return fail(format!("{e:#}")),
-                Err(e) => return Err(StepError::Rig(format!("{e:#} (the driver never bound: the kernel was not judged)"))),
+                Err(e) => {
+                    return Err(StepError::Rig(format!(
+                        "{e:#} (the driver never bound: the kernel was not judged)"
+                    )))
+                }
             },
-            Step::Client { kind, name, wait_ready } => self.client_start(run, *kind, name, *wait_ready).await?,
+            Step::Client {
+                kind,
+                name,
+                wait_ready,
+            } => self.client_start(run, *kind, name, *wait_ready).await?,
             Step::Close(name) => self.client_close(run, name).await?,
             Step::Unplug(mode) => self.unplug(run, *mode).await?,
             Step::Replug => self.replug(run).await?,
@@ -406,7 +530,10 @@ impl Session {
             Step::Sleep(d) => tokio::time::sleep(*d).await,
             Step::Screenshot(name) => {
                 let path = self.next_screenshot(&run.name, name);
-                let ink = self.screenshot(&path, Duration::from_secs(10)).await.map_err(|e| StepError::Fail(format!("{e:#}")))?;
+                let ink = self
+                    .screenshot(&path, Duration::from_secs(10))
+                    .await
+                    .map_err(|e| StepError::Fail(format!("{e:#}")))?;
                 run.observe(&format!("screenshot_{name}_ink"), ink);
                 run.screenshot = Some(path);
             }
@@ -432,6 +559,10 @@ fn bail_step(msg: &str) -> StepResult {
 fn parse_json_line(text: &str) -> Result<Value> {
     text.lines()
         .rev()
-        .find_map(|l| serde_json::from_str::<Value>(l.trim()).ok().filter(Value::is_object))
+        .find_map(|l| {
+            serde_json::from_str::<Value>(l.trim())
+                .ok()
+                .filter(Value::is_object)
+        })
         .ok_or_else(|| anyhow!("no JSON status in agent output: {}", text.trim()))
 }

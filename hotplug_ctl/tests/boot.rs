@@ -9,8 +9,19 @@ fn check_boot(run: &Run, model: &str, arch: &str, kernel_prefix: &str) -> serde_
     let r = run.report();
     assert_eq!(r["model"], model);
     assert_eq!(r["arch"], arch);
-    assert!(r["kernel"].as_str().unwrap_or("").starts_with(kernel_prefix), "kernel {}", r["kernel"]);
-    assert!(r["qemu_version"].as_str().unwrap_or("").starts_with("11."), "qemu {}", r["qemu_version"]);
+    assert!(
+        r["kernel"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with(kernel_prefix),
+        "kernel {}",
+        r["kernel"]
+    );
+    assert!(
+        r["qemu_version"].as_str().unwrap_or("").starts_with("11."),
+        "qemu {}",
+        r["qemu_version"]
+    );
     assert!(r["vanish_version"].is_string());
     let boot = run.assert_pass("boot").clone();
     let obs = &boot["observations"];
@@ -26,7 +37,15 @@ fn check_boot(run: &Run, model: &str, arch: &str, kernel_prefix: &str) -> serde_
 
 #[test]
 fn bochs_binds_on_x86_64_debian_6_12() {
-    let run = vanish(&["run", "--model", "bochs", "--arch", "x86_64", "--scenario", "boot"]);
+    let run = vanish(&[
+        "run",
+        "--model",
+        "bochs",
+        "--arch",
+        "x86_64",
+        "--scenario",
+        "boot",
+    ]);
     let boot = check_boot(&run, "bochs", "amd64", "6.12");
     assert!(run.console().contains("[drm] Initialized bochs-drm"));
     // The guest read our ID through BAR2 and the EDID we serve (1024x768 preferred).
@@ -36,17 +55,40 @@ fn bochs_binds_on_x86_64_debian_6_12() {
 
 #[test]
 fn bochs_binds_on_aarch64_debian_6_12() {
-    let run = vanish(&["run", "--model", "bochs", "--arch", "aarch64", "--scenario", "boot"]);
+    let run = vanish(&[
+        "run",
+        "--model",
+        "bochs",
+        "--arch",
+        "aarch64",
+        "--scenario",
+        "boot",
+    ]);
     check_boot(&run, "bochs", "arm64", "6.12");
 }
 
 /// What a HIBMC boot must show on every kernel: EDID modes (1024x768 first), vblank IRQs.
 fn check_hibmc(version: &str) {
-    let run = vanish(&["run", "--model", "hibmc", "--arch", "aarch64", "--debian-kernel", version, "--scenario", "boot"]);
+    let run = vanish(&[
+        "run",
+        "--model",
+        "hibmc",
+        "--arch",
+        "aarch64",
+        "--debian-kernel",
+        version,
+        "--scenario",
+        "boot",
+    ]);
     let boot = check_boot(&run, "hibmc", "arm64", version);
     let obs = &boot["observations"];
     assert_eq!(obs["connectors"][0], "card0-VGA-1 connected");
-    let modes: Vec<&str> = obs["modes"][0].as_str().unwrap_or("").split_whitespace().skip(1).collect();
+    let modes: Vec<&str> = obs["modes"][0]
+        .as_str()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .collect();
     // The default EDID's modes that hibmc's PLL table accepts, preferred first.
     assert_eq!(modes.first(), Some(&"1024x768"), "modes {modes:?}");
     for m in ["800x600", "640x480", "1280x1024", "1920x1080"] {
@@ -54,7 +96,10 @@ fn check_hibmc(version: &str) {
     }
     // Only what the EDID offers: the driver's no-EDID fallback would add these.
     for m in ["1600x900", "1280x768"] {
-        assert!(!modes.contains(&m), "{m} is not in our EDID but listed: {modes:?}");
+        assert!(
+            !modes.contains(&m),
+            "{m} is not in our EDID but listed: {modes:?}"
+        );
     }
     let irqs = obs["vblank_irqs_per_s"].as_u64().unwrap_or(0);
     assert!(irqs >= 20, "vblank interrupts per second: {irqs}");
@@ -78,14 +123,30 @@ fn hibmc_on_arm64_debian_7_2() {
 
 #[test]
 fn hibmc_without_a_monitor_offers_the_drivers_fallback_modes() {
-    let run = vanish(&["run", "--model", "hibmc", "--arch", "aarch64", "--no-monitor", "--scenario", "boot"]);
+    let run = vanish(&[
+        "run",
+        "--model",
+        "hibmc",
+        "--arch",
+        "aarch64",
+        "--no-monitor",
+        "--scenario",
+        "boot",
+    ]);
     let boot = check_boot(&run, "hibmc", "arm64", "6.12");
-    let modes: Vec<&str> =
-        boot["observations"]["modes"][0].as_str().unwrap_or("").split_whitespace().skip(1).collect();
+    let modes: Vec<&str> = boot["observations"]["modes"][0]
+        .as_str()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .collect();
     // No EDID: drm_add_modes_noedid's DMT list filtered by the PLL table, 1024x768 preferred.
     // It has 1600x900 and 1280x768, which our default monitor's EDID does not offer.
     assert_eq!(modes.first(), Some(&"1024x768"), "{modes:?}");
     for m in ["1600x900", "1280x768"] {
-        assert!(modes.contains(&m), "{m} missing from the fallback list {modes:?}");
+        assert!(
+            modes.contains(&m),
+            "{m} missing from the fallback list {modes:?}"
+        );
     }
 }

@@ -19,11 +19,18 @@ pub struct Run {
 
 impl Run {
     pub fn report(&self) -> &Value {
-        self.report.as_ref().unwrap_or_else(|| panic!("no report.json; stderr:\n{}\nstdout:\n{}", self.stderr, self.stdout))
+        self.report.as_ref().unwrap_or_else(|| {
+            panic!(
+                "no report.json; stderr:\n{}\nstdout:\n{}",
+                self.stderr, self.stdout
+            )
+        })
     }
 
     pub fn scenario(&self, name: &str) -> &Value {
-        let scenarios = self.report()["scenarios"].as_array().expect("scenarios array");
+        let scenarios = self.report()["scenarios"]
+            .as_array()
+            .expect("scenarios array");
         scenarios
             .iter()
             .find(|s| s["name"] == name)
@@ -46,15 +53,28 @@ impl Run {
     /// Asserts the scenario passed with the driver bound and no splats.
     pub fn assert_pass(&self, name: &str) -> &Value {
         let s = self.scenario(name);
-        assert_eq!(s["verdict"], "pass", "{name} did not pass: {}\n{}", s["problems"], self.summary());
+        assert_eq!(
+            s["verdict"],
+            "pass",
+            "{name} did not pass: {}\n{}",
+            s["problems"],
+            self.summary()
+        );
         assert_eq!(s["driver_bound"], true, "{name}");
-        assert_eq!(s["splats"].as_array().map(Vec::len), Some(0), "{name} has splats");
+        assert_eq!(
+            s["splats"].as_array().map(Vec::len),
+            Some(0),
+            "{name} has splats"
+        );
         s
     }
 }
 
 pub fn vanish(args: &[&str]) -> Run {
-    let out = tempfile::Builder::new().prefix("vanish-e2e-").tempdir().expect("temp dir");
+    let out = tempfile::Builder::new()
+        .prefix("vanish-e2e-")
+        .tempdir()
+        .expect("temp dir");
     let output = Command::new(env!("CARGO_BIN_EXE_vanish"))
         .args(args)
         .arg("--out")
@@ -78,7 +98,9 @@ pub fn vanish(args: &[&str]) -> Run {
 /// Decodes a PNG into (width, height, rgb).
 pub fn png(path: &Path) -> (u32, u32, Vec<u8>) {
     let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut reader = png::Decoder::new(std::io::BufReader::new(file)).read_info().expect("png header");
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .expect("png header");
     let mut buf = vec![0; reader.output_buffer_size()];
     let info = reader.next_frame(&mut buf).expect("png frame");
     buf.truncate(info.buffer_size());
@@ -92,15 +114,29 @@ pub fn assert_console_screenshot(path: &Path) {
     let background = &rgb[..3];
     let ink = rgb.chunks_exact(3).filter(|px| *px != background).count();
     let ratio = ink as f64 / (w * h) as f64;
-    assert!(ratio > 0.005 && ratio < 0.6, "screenshot does not look like a text console (ink {ratio})");
+    assert!(
+        ratio > 0.005 && ratio < 0.6,
+        "screenshot does not look like a text console (ink {ratio})"
+    );
 }
 
 /// The kernel's log must have no splat of any kind; checked on the raw text too, so a parser
 /// bug cannot hide one.
 pub fn assert_clean_log(run: &Run) {
     let log = run.console();
-    assert!(log.contains("Linux version"), "console.log is not a kernel log");
-    for bad in ["WARNING:", "BUG:", "Oops", "Kernel panic", "vblank wait timed out", "Call trace:", "Call Trace:"] {
+    assert!(
+        log.contains("Linux version"),
+        "console.log is not a kernel log"
+    );
+    for bad in [
+        "WARNING:",
+        "BUG:",
+        "Oops",
+        "Kernel panic",
+        "vblank wait timed out",
+        "Call trace:",
+        "Call Trace:",
+    ] {
         assert!(!log.contains(bad), "kernel log contains {bad:?}");
     }
 }

@@ -12,19 +12,22 @@ mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 . /etc/vanish/lib.sh
 echo "vanish: init on $(uname -r)"
 
-modules=/lib/modules/$(uname -r)
-# Support modules first (virtio, DRM helpers), in dependency order.
+# Support modules first (virtio); modprobe resolves dependencies from modules.dep, and
+# succeeds quietly for modules built into the kernel.
 for m in $(cat /etc/vanish/modules); do
-	insmod "$modules/$m" || echo "vanish: insmod $m failed"
+	modprobe "$m" || echo "vanish: modprobe $m failed"
 done
-# hibmc 6.1/6.12 never set Bus Master Enable, and QEMU drops MSIs of a device whose BME is 0
-# (msi_notify writes through the bus-master address space). Real hosts deliver them anyway, so
-# the harness sets BME before the driver probes instead of patching the guest kernel.
+# Firmware's part, done once at boot: set Bus Master Enable on the card, as a UEFI that drove the
+# console on it leaves it. hibmc 6.1/6.12 never call pci_set_master(), and QEMU (like a real PCI
+# device) drops MSIs while BME is 0, so without this their vblank IRQs never arrive at boot
+# ("vblank wait timed out"). Only at boot: after unbind (pci_disable_device clears BME),
+# remove/rescan or a hot-add no firmware runs, so a driver that does not set BME itself loses its
+# interrupts there, on real hardware as here, and vanish reports what follows.
 if [ -s /etc/vanish/bme-ids ]; then
 	for bdf in $(find_card $(cat /etc/vanish/bme-ids)); do set_bus_master "$bdf"; done
 fi
 for m in $(cat /etc/vanish/driver-modules); do
-	insmod "$modules/$m" || echo "vanish: insmod $m failed"
+	modprobe "$m" || echo "vanish: modprobe $m failed"
 done
 echo "vanish: modules loaded"
 echo "vanish: $(uname -r) booted with $(cat /proc/cmdline)" > /dev/tty1 2>/dev/null
