@@ -21,7 +21,11 @@ pub enum Request {
     Status,
     Dead,
     Alive,
-    Screenshot { path: PathBuf },
+    Screenshot {
+        path: PathBuf,
+    },
+    /// The server kills itself with SIGKILL, as a crashing server dies; there is no reply.
+    Crash,
 }
 
 impl Request {
@@ -36,11 +40,12 @@ impl Request {
             ["status"] => Ok(Request::Status),
             ["dead"] => Ok(Request::Dead),
             ["alive"] => Ok(Request::Alive),
+            ["crash"] => Ok(Request::Crash),
             ["screenshot", path] => Ok(Request::Screenshot {
                 path: PathBuf::from(path),
             }),
             _ => bail!(
-                "unknown control verb '{}' (expected status, dead, alive or screenshot PATH)",
+                "unknown control verb '{}' (expected status, dead, alive, crash or screenshot PATH)",
                 words.join(" ")
             ),
         }
@@ -106,6 +111,11 @@ pub fn handle(card: &Card, request: &Request) -> Reply {
         }
         Request::Alive => {
             card.set_dead(false);
+            Ok(())
+        }
+        Request::Crash => {
+            // SAFETY: signalling ourselves; nothing after this runs.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
             Ok(())
         }
         Request::Screenshot { path } => {

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod control;
+pub mod ctl;
 pub mod guest;
 pub mod output;
 pub mod pattern;

@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use device::ModelKind;
-use hotplug_ctl::control::{self, Request};
 use hotplug_ctl::exit;
 use hotplug_ctl::runner::{self, KernelChoice, RunConfig};
 use hotplug_ctl::scenario::{self, Removal, Scenario};
@@ -33,12 +32,22 @@ enum Cmd {
     Serve(ServeArgs),
     /// List the built-in scenarios.
     List,
-    /// Send a control verb to a running card server: status, dead, alive, screenshot PATH.
+    /// Control a running card: status, dead, alive, screenshot PATH, crash; with --qmp also
+    /// unplug hot-unplug|surprise|server-crash and replug --socket PATH.
     Ctl {
         /// The server's control socket (`vanish serve --control`).
         #[arg(long)]
-        control: PathBuf,
-        #[arg(required = true, num_args = 1..)]
+        control: Option<PathBuf>,
+        /// QEMU's QMP socket (`-qmp unix:PATH,server=on,wait=off`), for slot verbs.
+        #[arg(long)]
+        qmp: Option<PathBuf>,
+        /// QEMU id of the card device.
+        #[arg(long, default_value = "gpu0")]
+        device_id: String,
+        /// QEMU id of the root port the card sits on.
+        #[arg(long, default_value = "rp1")]
+        bus: String,
+        #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
         verb: Vec<String>,
     },
 }
@@ -191,31 +200,29 @@ async fn dispatch(cli: Cli) -> i32 {
             }
         }
         Cmd::Ctl {
-            control: path,
+            control,
+            qmp,
+            device_id,
+            bus,
             verb,
         } => {
-            let request = match Request::from_words(&verb) {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("vanish ctl: {e}");
-                    return exit::USAGE;
-                }
+            let target = hotplug_ctl::ctl::Target {
+                control,
+                qmp,
+                device_id,
+                bus,
             };
-            match control::request(&path, &request).await {
+            match hotplug_ctl::ctl::run(&target, &verb).await {
                 Ok(reply) => {
                     println!(
                         "{}",
                         serde_json::to_string_pretty(&reply).unwrap_or_default()
                     );
-                    if reply.ok {
-                        exit::PASS
-                    } else {
-                        exit::FAIL
-                    }
+                    exit::PASS
                 }
                 Err(e) => {
                     eprintln!("vanish ctl: {e:#}");
-                    exit::SKIP
+                    exit::USAGE
                 }
             }
         }

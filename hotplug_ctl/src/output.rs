@@ -130,7 +130,7 @@ fn junit_case(s: &ScenarioReport, classname: &str) -> TestCase {
                 )
             };
             let mut status = TestCaseStatus::non_success(kind);
-            status.set_message(s.problems.first().map_or(fallback, |p| first_line_of(p)));
+            status.set_message(headline(s).unwrap_or_else(|| fallback.to_string()));
             status.set_type(ty);
             status.set_description(problem_text(s));
             status
@@ -351,8 +351,8 @@ fn kcidb_at(report: &Report, origin: &str, now: SystemTime) -> Value {
         set(
             &mut t,
             "comment",
-            json!(match s.problems.first() {
-                Some(p) => format!("{}: {}", s.name, first_line_of(p)),
+            json!(match headline(s) {
+                Some(h) => format!("{}: {h}", s.name),
                 None => format!("{}: {}", s.name, s.verdict.as_str()),
             }),
         );
@@ -401,8 +401,10 @@ fn boot_outcome(report: &Report) -> (&'static str, Option<String>) {
         let _ = writeln!(excerpt, "{e}");
     }
     for s in &report.scenarios {
-        for p in &s.problems {
-            let _ = writeln!(excerpt, "{}: {p}", s.name);
+        if let Some(e) = scenario_excerpt(s) {
+            for line in e.lines() {
+                let _ = writeln!(excerpt, "{}: {line}", s.name);
+            }
         }
     }
     let failed = report
@@ -415,7 +417,22 @@ fn boot_outcome(report: &Report) -> (&'static str, Option<String>) {
     (if failed { "FAIL" } else { "ERROR" }, Some(excerpt))
 }
 
-/// The splats' first lines (kind, step, line), or, without splats, the problems.
+/// What a failed or errored scenario's one-line summary says: its first splat (the kernel's own
+/// evidence), else its first problem. Problems and splats are separate lists in the report.
+fn headline(s: &ScenarioReport) -> Option<String> {
+    match (s.splats.first(), s.problems.first()) {
+        (Some(f), _) => Some(format!(
+            "{} during '{}': {}",
+            f.splat.kind.as_str(),
+            f.step,
+            f.splat.first_line
+        )),
+        (None, Some(p)) => Some(first_line_of(p).to_string()),
+        (None, None) => None,
+    }
+}
+
+/// The splats' first lines (kind and step too), then the problems.
 fn scenario_excerpt(s: &ScenarioReport) -> Option<String> {
     let mut e = String::new();
     for f in &s.splats {
@@ -427,10 +444,8 @@ fn scenario_excerpt(s: &ScenarioReport) -> Option<String> {
             f.splat.first_line
         );
     }
-    if e.is_empty() {
-        for p in &s.problems {
-            let _ = writeln!(e, "{p}");
-        }
+    for p in &s.problems {
+        let _ = writeln!(e, "{p}");
     }
     (!e.is_empty()).then_some(e)
 }
@@ -673,10 +688,10 @@ mod tests {
             },
             step: "unbind".to_string(),
         });
-        fail.problems = vec![
-            format!("warning during 'unbind': {WARN}"),
-            "client <fbtest> & friends: \"mmap\" read returned 'garbage'".to_string(),
-        ];
+        // As the runner reports them: problems are the steps that did not hold; splats are
+        // listed only in `splats`.
+        fail.problems =
+            vec!["client <fbtest> & friends: \"mmap\" read returned 'garbage'".to_string()];
         fail.observations
             .insert("vblank_irqs_per_s".to_string(), json!(60));
         fail.observations
@@ -809,6 +824,31 @@ mod tests {
         assert_eq!(xml.matches("<failure").count(), 1);
         assert_eq!(xml.matches("<error").count(), 1);
         assert_eq!(xml.matches("<testcase").count(), 3);
+    }
+
+    #[test]
+    fn junit_message_is_the_first_splat_else_the_first_problem() {
+        let mut r = sample();
+        r.scenarios[1].splats.clear();
+        r.scenarios[1].problems.push("second".to_string());
+        let parsed =
+            quick_junit::Report::deserialize_from_str(&junit(&r).expect("junit")).expect("parses");
+        let TestCaseStatus::NonSuccess { message, ty, .. } =
+            &parsed.test_suites[0].test_cases[1].status
+        else {
+            panic!("no failure element");
+        };
+        assert_eq!(
+            message.as_ref().map(|m| m.as_str()),
+            Some("client <fbtest> & friends: \"mmap\" read returned 'garbage'")
+        );
+        assert_eq!(ty.as_ref().map(|t| t.as_str()), Some("fail"));
+        r.scenarios[1].problems.clear();
+        let xml = junit(&r).expect("junit");
+        assert!(
+            xml.contains("message=\"the kernel failed this scenario\""),
+            "{xml}"
+        );
     }
 
     #[test]
@@ -1130,7 +1170,14 @@ mod tests {
         );
         assert_eq!(
             tests[2]["log_excerpt"],
-            format!("[warning during 'unbind'] {WARN}\n")
+            format!(
+                "[warning during 'unbind'] {WARN}\n\
+                 client <fbtest> & friends: \"mmap\" read returned 'garbage'\n"
+            )
+        );
+        assert_eq!(
+            tests[2]["comment"],
+            format!("unbind-rebind#2: warning during 'unbind': {WARN}")
         );
         assert_eq!(
             tests[3]["log_excerpt"],
@@ -1180,10 +1227,7 @@ mod tests {
         let s = &mut r.scenarios[0];
         s.driver_bound = false;
         s.verdict = Verdict::Error;
-        s.problems = vec![
-            "oops during 'wait-bound': Unable to handle kernel NULL pointer dereference"
-                .to_string(),
-        ];
+        s.problems = vec!["wait-bound: the driver did not bind within 60 s".to_string()];
         s.splats = sample().scenarios[1].splats.clone();
         s.splats[0].splat.kind = SplatKind::Oops;
         let doc = kcidb_at(&r, "vanish", now());

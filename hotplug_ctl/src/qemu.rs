@@ -97,7 +97,9 @@ pub fn args(cfg: &VmConfig) -> Vec<String> {
         "-qmp",
         &format!("unix:{},server=on,wait=off", cfg.qmp_socket.display()),
     ]);
-    let mut append = format!("console=tty0 console={console} panic=-1 loglevel=7");
+    // iomem=relaxed: Debian's IO_STRICT_DEVMEM forbids mapping BARs a driver has claimed
+    // (bochs claims BAR2); the harness reads the dead card's registers through sysfs.
+    let mut append = format!("console=tty0 console={console} panic=-1 loglevel=7 iomem=relaxed");
     if cfg.arch == Arch::Aarch64 {
         append.push_str(" pci=hpmmiosize=8M,hpmmioprefsize=64M");
     }

@@ -48,7 +48,8 @@ pub struct ScenarioReport {
     pub splats: Vec<FoundSplat>,
     pub screenshot: Option<PathBuf>,
     pub duration_s: f64,
-    /// Why it failed or errored; empty when it passed.
+    /// Steps that did not hold (expectations, timeouts, rig failures); splats are listed
+    /// separately in `splats`. A scenario with neither passed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
     /// What the guest and the card reported, by name (e.g. `connector`, `vblank_irqs_per_s`).

@@ -218,6 +218,10 @@ pub struct Session {
     /// A guest command timed out: the agent may be blocked in the kernel; reboot before more.
     pub agent_stuck: bool,
     pub screenshots: u32,
+    /// The card's DRM node (`card0`, or `card1` while a stale fd keeps the old one alive)
+    /// and fbdev node, as of the last wait-bound.
+    pub drm_node: Option<String>,
+    pub fb_node: Option<String>,
 }
 
 const AGENT_WAIT: Duration = Duration::from_secs(30);
@@ -382,15 +386,7 @@ impl ScenarioRun {
         } else {
             Verdict::Pass
         };
-        let mut problems = self.problems;
-        for s in &splats {
-            problems.push(format!(
-                "{} during '{}': {}",
-                s.splat.kind.as_str(),
-                s.step,
-                s.splat.first_line
-            ));
-        }
+        let problems = self.problems;
         ScenarioReport {
             name: self.name,
             verdict,
@@ -438,7 +434,10 @@ async fn provision(cfg: &RunConfig, dir: &Path) -> Result<(Qemu, GuestKernel, Pa
             "bme-ids",
             if cfg.model == ModelKind::Hibmc { format!("{v:#06x} {d:#06x}\n") } else { String::new() },
         )?;
+        let agent = dir.join("vanish-agent");
+        std::fs::write(&agent, crate::guest::agent_binary(cfg.arch))?;
         let files = [
+            ("/bin/vanish-agent", agent.as_path(), 0o755),
             ("/etc/vanish/lib.sh", lib.as_path(), 0o644),
             ("/etc/vanish/modules", modules.as_path(), 0o644),
             ("/etc/vanish/driver-modules", driver_modules.as_path(), 0o644),
@@ -542,6 +541,8 @@ async fn boot(
         ever_bound: false,
         agent_stuck: false,
         screenshots: 0,
+        drm_node: None,
+        fb_node: None,
     })
 }
 
@@ -562,6 +563,8 @@ async fn boot_checks(session: &mut Session, run: &mut ScenarioRun) -> Result<()>
     run.pci_address = status.get("pci_address").map(str::to_string);
     session.pci_address.clone_from(&run.pci_address);
     session.ever_bound = true;
+    session.drm_node = status.get("drm").map(str::to_string);
+    session.fb_node = status.get("fb").map(str::to_string);
     print_step(&format!(
         "{} bound to {}",
         session.cfg.model.linux_driver(),

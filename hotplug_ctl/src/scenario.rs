@@ -148,6 +148,25 @@ pub enum Condition {
     ClientAlive(String),
 }
 
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Condition::Bound => write!(f, "bound"),
+            Condition::Unbound => write!(f, "unbound"),
+            Condition::Gone => write!(f, "gone"),
+            Condition::Drawing => write!(f, "drawing"),
+            Condition::Pattern => write!(f, "pattern"),
+            Condition::BarReadsOnes => write!(f, "bar-reads-ones"),
+            Condition::Vblank => write!(f, "vblank"),
+            Condition::FirstMode(m) => write!(f, "first-mode {m}"),
+            Condition::ClientSignal(n, s) => write!(f, "client {n} signal {s}"),
+            Condition::ClientIoctlError(n, e) => write!(f, "client {n} ioctl-error {e}"),
+            Condition::ClientExited(n) => write!(f, "client {n} exited"),
+            Condition::ClientAlive(n) => write!(f, "client {n} alive"),
+        }
+    }
+}
+
 /// One step of a scenario.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -190,7 +209,7 @@ impl fmt::Display for Step {
             Step::Alive => write!(f, "alive"),
             Step::Sleep(d) => write!(f, "sleep {}", d.as_secs_f64()),
             Step::Screenshot(n) => write!(f, "screenshot {n}"),
-            Step::Expect(c) => write!(f, "expect {c:?}"),
+            Step::Expect(c) => write!(f, "expect {c}"),
             Step::Repeat(n, s) => write!(f, "repeat {n} ({} steps)", s.len()),
         }
     }
@@ -285,21 +304,7 @@ struct ScenarioFile {
     name: String,
     #[serde(default)]
     description: String,
-    steps: Vec<RawStep>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawStep {
-    Words(toml::Spanned<String>),
-    Repeat(RawRepeat),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRepeat {
-    repeat: toml::Spanned<u32>,
-    steps: Vec<RawStep>,
+    steps: Vec<toml::Spanned<toml::Value>>,
 }
 
 /// 1-based line of a byte offset.
@@ -307,23 +312,68 @@ fn line_of(src: &str, offset: usize) -> usize {
     src[..offset.min(src.len())].matches('\n').count() + 1
 }
 
-fn convert(src: &str, file: &str, raw: &[RawStep]) -> Result<Vec<Step>, String> {
-    raw.iter()
-        .map(|r| match r {
-            RawStep::Words(w) => parse_step(w.get_ref())
-                .map_err(|e| format!("{file}:{}: {e}", line_of(src, w.span().start))),
-            RawStep::Repeat(rep) => {
-                let n = *rep.repeat.get_ref();
-                if n == 0 || n > 1000 {
-                    return Err(format!(
-                        "{file}:{}: repeat count {n} is out of range (1 to 1000)",
-                        line_of(src, rep.repeat.span().start)
-                    ));
-                }
-                Ok(Step::Repeat(n, convert(src, file, &rep.steps)?))
+/// Converts step values found inside `span` of the source. Spans are only known for the
+/// top-level array's elements, so a step nested in a repeat table is located by searching for
+/// its text inside the table.
+fn convert(
+    src: &str,
+    file: &str,
+    span: std::ops::Range<usize>,
+    value: &toml::Value,
+) -> Result<Step, String> {
+    let at = |needle: Option<&str>| {
+        let region = src.get(span.clone()).unwrap_or("");
+        let offset = needle.and_then(|n| region.find(n)).unwrap_or(0);
+        format!("{file}:{}", line_of(src, span.start + offset))
+    };
+    match value {
+        toml::Value::String(text) => {
+            parse_step(text).map_err(|e| format!("{}: {e}", at(Some(text))))
+        }
+        toml::Value::Table(t) => {
+            let unknown: Vec<&String> = t
+                .keys()
+                .filter(|k| *k != "repeat" && *k != "steps")
+                .collect();
+            if let Some(k) = unknown.first() {
+                return Err(format!(
+                    "{}: unknown key '{k}' in a repeat table (expected repeat and steps)",
+                    at(Some(k))
+                ));
             }
-        })
-        .collect()
+            let n = match t.get("repeat") {
+                Some(toml::Value::Integer(n)) if (1..=1000).contains(n) => *n as u32,
+                Some(toml::Value::Integer(n)) => {
+                    return Err(format!(
+                        "{}: repeat count {n} is out of range (1 to 1000)",
+                        at(Some("repeat"))
+                    ))
+                }
+                _ => {
+                    return Err(format!(
+                        "{}: a repeat table needs 'repeat = N' (a number)",
+                        at(None)
+                    ))
+                }
+            };
+            let Some(toml::Value::Array(steps)) = t.get("steps") else {
+                return Err(format!(
+                    "{}: a repeat table needs 'steps = [...]'",
+                    at(None)
+                ));
+            };
+            let steps = steps
+                .iter()
+                .map(|v| convert(src, file, span.clone(), v))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Step::Repeat(n, steps))
+        }
+        other => Err(format!(
+            "{}: a step is a string or a repeat table, not a {}",
+            at(None),
+            other.type_str()
+        )),
+    }
 }
 
 impl Scenario {
@@ -344,7 +394,11 @@ impl Scenario {
                 raw.name
             ));
         }
-        let steps = convert(src, file, &raw.steps)?;
+        let steps = raw
+            .steps
+            .iter()
+            .map(|v| convert(src, file, v.span(), v.get_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
         if steps.is_empty() {
             return Err(format!("{file}: a scenario needs at least one step"));
         }
@@ -377,7 +431,13 @@ impl Scenario {
     /// The scenario `vanish run --unplug MODE --repeat N` runs: N cycles of remove and return,
     /// each checked from inside the guest.
     pub fn cycle(mode: Removal) -> Scenario {
-        let mut steps = vec![Step::Unplug(mode)];
+        let mut steps = Vec::new();
+        if mode == Removal::Surprise {
+            // The card dies first; the guest must read all-ones from it before the slot empties.
+            steps.push(Step::Dead);
+            steps.push(Step::Expect(Condition::BarReadsOnes));
+        }
+        steps.push(Step::Unplug(mode));
         steps.push(Step::Expect(if mode.leaves_bus() {
             Condition::Gone
         } else {
@@ -494,6 +554,19 @@ mod tests {
     }
 
     #[test]
+    fn steps_print_as_they_are_written() {
+        for text in [
+            "expect client kms signal SIGBUS",
+            "unplug hot-unplug",
+            "client kms as k2",
+            "expect first-mode 1024x768",
+            "wait-bound",
+        ] {
+            assert_eq!(parse_step(text).unwrap().to_string(), text);
+        }
+    }
+
+    #[test]
     fn repeat_tables_nest() {
         let src = "name = \"r\"\nsteps = [\n  \"wait-bound\",\n  { repeat = 3, steps = [\"unplug unbind\", \"replug\"] },\n]\n";
         let s = Scenario::parse(src, "r.toml").unwrap();
@@ -518,6 +591,13 @@ mod tests {
         let src = "name = \"r\"\nsteps = [\n { repeat = 0, steps = [\"replug\"] },\n]\n";
         let e = Scenario::parse(src, "r.toml").unwrap_err();
         assert!(e.starts_with("r.toml:3: repeat count 0"), "{e}");
+
+        let src = "name = \"r\"\nsteps = [\n  { repeat = 2, steps = [\n    \"replug\",\n    \"unplug nowhere\",\n  ] },\n]\n";
+        let e = Scenario::parse(src, "r.toml").unwrap_err();
+        assert!(
+            e.starts_with("r.toml:5: unknown removal mode 'nowhere'"),
+            "{e}"
+        );
 
         let e = Scenario::parse("name = \"x\"\nsteps = [\"dance\"]\n", "x.toml").unwrap_err();
         assert!(e.starts_with("x.toml:2: unknown step 'dance'"), "{e}");

@@ -274,11 +274,16 @@ impl Session {
         name: &str,
         wait: bool,
     ) -> StepResult {
-        let cmd = format!(
-            "@client start {name} {}{}",
-            kind.name(),
-            if wait { "" } else { " nowait" }
-        );
+        // The card's own nodes: after a rebind with a stale fd open, the new DRM device is
+        // card1, not card0.
+        let device = match kind {
+            ClientKind::Fbdev => format!("/dev/{}", self.fb_node.as_deref().unwrap_or("fb0")),
+            ClientKind::Kms | ClientKind::IdleOpen => {
+                format!("/dev/dri/{}", self.drm_node.as_deref().unwrap_or("card0"))
+            }
+        };
+        let nowait = if wait { "" } else { " nowait" };
+        let cmd = format!("@client start {name} {} {device}{nowait}", kind.name());
         let out = self.agent.run(&cmd, Duration::from_secs(30)).await?;
         run.observe(&format!("client_{name}_start"), out.stdout.trim());
         if !out.success() {
@@ -340,22 +345,24 @@ impl Session {
             }
             Condition::Unbound => {
                 let s = self.card_status().await?;
-                if !s.present() || s.get("driver").is_some() || s.flag("dri_card0") {
+                let (node, node_gone) = self.node_left(&s);
+                if !s.present() || s.get("driver").is_some() || !node_gone {
                     return fail(format!(
-                        "expected the card on the bus with no driver and no /dev/dri/card0; present={} driver={:?} card0={}",
+                        "expected the card on the bus with no driver and /dev/dri/{node} gone; present={} driver={:?} /dev/dri: {}",
                         s.present(),
                         s.get("driver"),
-                        s.flag("dri_card0")
+                        s.get("dri_nodes").unwrap_or("")
                     ));
                 }
             }
             Condition::Gone => {
                 let s = self.card_status().await?;
-                if s.present() || s.flag("dri_card0") {
+                let (node, node_gone) = self.node_left(&s);
+                if s.present() || !node_gone {
                     return fail(format!(
-                        "expected the card gone from /sys/bus/pci/devices and /dev/dri/card0 gone; present={} card0={}",
+                        "expected the card gone from /sys/bus/pci/devices and /dev/dri/{node} gone; present={} /dev/dri: {}",
                         s.present(),
-                        s.flag("dri_card0")
+                        s.get("dri_nodes").unwrap_or("")
                     ));
                 }
             }
@@ -471,6 +478,17 @@ impl Session {
         Ok(())
     }
 
+    /// The card's DRM node and whether it is gone from /dev/dri.
+    fn node_left(&self, status: &crate::runner::CardStatus) -> (String, bool) {
+        let node = self.drm_node.clone().unwrap_or_else(|| "card0".into());
+        let gone = !status
+            .get("dri_nodes")
+            .unwrap_or("")
+            .split_whitespace()
+            .any(|n| n == node);
+        (node, gone)
+    }
+
     fn next_screenshot(&mut self, scenario: &str, what: &str) -> PathBuf {
         self.screenshots += 1;
         let safe: String = scenario
@@ -497,6 +515,8 @@ impl Session {
             Step::WaitBound(wait) => match self.wait_bound(*wait).await {
                 Ok(status) => {
                     self.pci_address = status.get("pci_address").map(str::to_string);
+                    self.drm_node = status.get("drm").map(str::to_string);
+                    self.fb_node = status.get("fb").map(str::to_string);
                     run.pci_address.clone_from(&self.pci_address);
                     run.driver_bound = true;
                     self.ever_bound = true;

@@ -39,6 +39,10 @@ card_status() {
 	for c in "$d"/drm/card*; do
 		[ -e "$c" ] && echo "drm=${c##*/}"
 	done
+	for g in "$d"/graphics/fb*; do
+		[ -e "$g" ] && echo "fb=${g##*/}"
+	done
+	echo "dri_nodes=$(ls /dev/dri 2>/dev/null | tr '\n' ' ')"
 	[ -e /dev/fb0 ] && echo "fb0=1" || echo "fb0=0"
 	[ -e /dev/dri/card0 ] && echo "dri_card0=1" || echo "dri_card0=0"
 	for conn in "$d"/drm/card*/card*-*; do
@@ -58,7 +62,12 @@ irq_count() {
 }
 
 # read_bar BDF BAR OFFSET: one 32-bit read of a memory BAR, as the CPU sees it (0x-hex).
+# The agent maps sysfs resourceN; busybox devmem is the fallback (STRICT_DEVMEM may refuse it).
 read_bar() {
+	if [ -x /bin/vanish-agent ]; then
+		vanish-agent peek "$1" "$2" "$3"
+		return
+	fi
 	start=$(sed -n "$(($2 + 1))p" "/sys/bus/pci/devices/$1/resource" | cut -d' ' -f1)
 	[ -n "$start" ] && [ "$start" != 0x0000000000000000 ] || { echo "BAR $2 of $1 is not assigned" >&2; return 1; }
 	devmem $((start + $3)) 32

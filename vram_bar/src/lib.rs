@@ -62,8 +62,8 @@ impl Vram {
         let file = unsafe { File::from_raw_fd(fd) };
         file.set_len(size).map_err(Error::Truncate)?;
         let clone = file.try_clone().map_err(Error::Memfd)?;
-        let map = MmapRegion::from_file(FileOffset::new(clone, 0), size as usize)
-            .map_err(Error::Mmap)?;
+        let map =
+            MmapRegion::from_file(FileOffset::new(clone, 0), size as usize).map_err(Error::Mmap)?;
         Ok(Vram { file, map })
     }
 
@@ -126,7 +126,12 @@ impl Vram {
     pub fn capture(&self, scanout: &Scanout) -> Result<Frame> {
         let bytes = scanout
             .byte_len()
-            .filter(|&len| scanout.offset.checked_add(len).is_some_and(|end| end <= self.size()))
+            .filter(|&len| {
+                scanout
+                    .offset
+                    .checked_add(len)
+                    .is_some_and(|end| end <= self.size())
+            })
             .ok_or(Error::ScanoutOutOfRange(*scanout, self.size()))?;
         let mut raw = vec![0u8; bytes as usize];
         self.read(scanout.offset, &mut raw);
@@ -153,7 +158,9 @@ impl Frame {
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);
         let mut writer = encoder.write_header().map_err(|e| err(e.into()))?;
-        writer.write_image_data(&self.rgb).map_err(|e| err(e.into()))?;
+        writer
+            .write_image_data(&self.rgb)
+            .map_err(|e| err(e.into()))?;
         writer.finish().map_err(|e| err(e.into()))
     }
 }
@@ -205,7 +212,10 @@ mod tests {
             stride: 4096,
             format: PixelFormat::Xrgb8888,
         };
-        assert!(matches!(vram.capture(&s), Err(Error::ScanoutOutOfRange(..))));
+        assert!(matches!(
+            vram.capture(&s),
+            Err(Error::ScanoutOutOfRange(..))
+        ));
     }
 
     #[test]
@@ -215,7 +225,13 @@ mod tests {
         let px: [[u8; 4]; 4] = [[0, 0, 255, 0], [0, 255, 0, 0], [255, 0, 0, 0], [255; 4]];
         vram.write(0, &[px[0], px[1]].concat());
         vram.write(16, &[px[2], px[3]].concat());
-        let s = Scanout { offset: 0, width: 2, height: 2, stride: 16, format: PixelFormat::Xrgb8888 };
+        let s = Scanout {
+            offset: 0,
+            width: 2,
+            height: 2,
+            stride: 16,
+            format: PixelFormat::Xrgb8888,
+        };
         let dir = std::env::temp_dir().join(format!("vram-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("s.png");
@@ -227,6 +243,9 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!((info.width, info.height), (2, 2));
         assert_eq!(&buf[..12], &frame.rgb);
-        assert_eq!(&buf[..12], &[255, 0, 0, 0, 255, 0, 0, 0, 255, 255, 255, 255]);
+        assert_eq!(
+            &buf[..12],
+            &[255, 0, 0, 0, 255, 0, 0, 0, 255, 255, 255, 255]
+        );
     }
 }

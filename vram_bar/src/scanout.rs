@@ -71,12 +71,20 @@ impl Scanout {
                     PixelFormat::Rgb565 => {
                         let v = u16::from_le_bytes([px[0], px[1]]);
                         let (r, g, b) = ((v >> 11) & 0x1f, (v >> 5) & 0x3f, v & 0x1f);
-                        [(r << 3 | r >> 2) as u8, (g << 2 | g >> 4) as u8, (b << 3 | b >> 2) as u8]
+                        [
+                            (r << 3 | r >> 2) as u8,
+                            (g << 2 | g >> 4) as u8,
+                            (b << 3 | b >> 2) as u8,
+                        ]
                     }
                 });
             }
         }
-        Frame { width: self.width, height: self.height, rgb }
+        Frame {
+            width: self.width,
+            height: self.height,
+            rgb,
+        }
     }
 }
 
@@ -124,7 +132,13 @@ mod tests {
 
     #[test]
     fn byte_len_rejects_nonsense() {
-        let s = |w, h, stride| Scanout { offset: 0, width: w, height: h, stride, format: PixelFormat::Xrgb8888 };
+        let s = |w, h, stride| Scanout {
+            offset: 0,
+            width: w,
+            height: h,
+            stride,
+            format: PixelFormat::Xrgb8888,
+        };
         assert_eq!(s(1024, 768, 4096).byte_len(), Some(4096 * 768));
         assert_eq!(s(1024, 768, 4000).byte_len(), None);
         assert_eq!(s(0, 768, 4096).byte_len(), None);
@@ -133,7 +147,13 @@ mod tests {
 
     #[test]
     fn decodes_rgb565_to_full_range() {
-        let s = Scanout { offset: 0, width: 2, height: 1, stride: 4, format: PixelFormat::Rgb565 };
+        let s = Scanout {
+            offset: 0,
+            width: 2,
+            height: 1,
+            stride: 4,
+            format: PixelFormat::Rgb565,
+        };
         let f = s.decode(&[0x00, 0xf8, 0xff, 0xff]);
         assert_eq!(f.rgb, vec![255, 0, 0, 255, 255, 255]);
         assert_eq!(f.distinct_colors(10), 2);

@@ -1,0 +1,636 @@
+//! `vanish-agent client KIND --device DEV --status FILE`: a display client that keeps the card
+//! open (and, for kms and fbdev, mapped and drawn into) until SIGTERM, surviving the card going
+//! away underneath it, and reporting what it saw in a JSON status file.
+//!
+//! A vanished device may make the mapping raise SIGBUS (the correct behaviour) or SIGSEGV. The
+//! fault handler counts the signal, notes the first faulting address, and maps anonymous memory
+//! over the faulting page so the interrupted store completes; the draw loop then stops touching
+//! the mapping. Ioctl failures are counted by errno name and never end the client.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+use crate::drm::{self, IoctlError};
+use crate::fb;
+use crate::json::{self, Object};
+use crate::pattern::{self, Surface};
+use crate::sys::{errno, errno_name, errno_text};
+
+/// What the client does with the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// KMS: dumb buffer, ADDFB, SETCRTC, draw through the mmap, DIRTYFB + GETCRTC every frame.
+    Kms,
+    /// fbdev: mmap the framebuffer, draw, FBIOGET_VSCREENINFO every frame.
+    Fbdev,
+    /// Open the device and sleep.
+    IdleOpen,
+}
+
+impl Kind {
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "kms" => Some(Kind::Kms),
+            "fbdev" => Some(Kind::Fbdev),
+            "idle-open" => Some(Kind::IdleOpen),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Kms => "kms",
+            Kind::Fbdev => "fbdev",
+            Kind::IdleOpen => "idle-open",
+        }
+    }
+
+    pub fn default_device(self) -> &'static str {
+        match self {
+            Kind::Kms | Kind::IdleOpen => "/dev/dri/card0",
+            Kind::Fbdev => "/dev/fb0",
+        }
+    }
+}
+
+/// Time between frames.
+pub const FRAME: Duration = Duration::from_millis(50);
+/// The status file is rewritten at least this often.
+pub const STATUS_PERIOD: Duration = Duration::from_secs(1);
+
+// Shared with the signal handlers: atomics only.
+static STOP: AtomicBool = AtomicBool::new(false);
+static SIGBUS_COUNT: AtomicU64 = AtomicU64::new(0);
+static SIGSEGV_COUNT: AtomicU64 = AtomicU64::new(0);
+static FIRST_SIGNAL_SEEN: AtomicBool = AtomicBool::new(false);
+static FIRST_SIGNAL_ADDR: AtomicUsize = AtomicUsize::new(0);
+/// Set once the mapping has faulted; from then on nobody touches it.
+static MAPPING_LOST: AtomicBool = AtomicBool::new(false);
+/// The device mapping the fault handler may patch: [base, base + len).
+static MAP_BASE: AtomicUsize = AtomicUsize::new(0);
+static MAP_LEN: AtomicUsize = AtomicUsize::new(0);
+static PAGE_SIZE: AtomicUsize = AtomicUsize::new(4096);
+
+extern "C" fn on_stop(_sig: libc::c_int) {
+    STOP.store(true, SeqCst);
+}
+
+/// SIGBUS/SIGSEGV: record, then put anonymous memory under the faulting page of our mapping so
+/// the faulting store can complete. A fault outside our mapping is a real bug: restore the
+/// default action and return, so the re-executed access kills us with the original signal.
+extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    if sig == libc::SIGBUS {
+        SIGBUS_COUNT.fetch_add(1, SeqCst);
+    } else {
+        SIGSEGV_COUNT.fetch_add(1, SeqCst);
+    }
+    if !FIRST_SIGNAL_SEEN.swap(true, SeqCst) {
+        FIRST_SIGNAL_ADDR.store(addr, SeqCst);
+    }
+    let (base, len) = (MAP_BASE.load(SeqCst), MAP_LEN.load(SeqCst));
+    if base != 0 && addr >= base && addr < base + len {
+        MAPPING_LOST.store(true, SeqCst);
+        let page_size = PAGE_SIZE.load(SeqCst);
+        let page = addr & !(page_size - 1);
+        // SAFETY: mmap is a plain syscall (async-signal-safe in practice); MAP_FIXED replaces
+        // only a page inside our own mapping.
+        let r = unsafe {
+            libc::mmap(
+                page as *mut libc::c_void,
+                page_size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_FIXED | libc::MAP_ANONYMOUS | libc::MAP_PRIVATE,
+                -1,
+                0,
+            )
+        };
+        if r != libc::MAP_FAILED {
+            return;
+        }
+    }
+    // SAFETY: resetting a disposition to SIG_DFL is async-signal-safe.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(sig, &sa, std::ptr::null_mut());
+    }
+}
+
+/// Installs the stop and fault handlers.
+pub fn install_handlers() {
+    // SAFETY: sysconf and sigaction with valid arguments; the handlers only touch atomics and
+    // make raw syscalls.
+    unsafe {
+        let ps = libc::sysconf(libc::_SC_PAGESIZE);
+        if ps > 0 {
+            PAGE_SIZE.store(ps as usize, SeqCst);
+        }
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_fault as *const () as libc::sighandler_t;
+        sa.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
+        libc::sigaction(libc::SIGSEGV, &sa, std::ptr::null_mut());
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_stop as *const () as libc::sighandler_t;
+        libc::sigemptyset(&mut sa.sa_mask);
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+fn stopping() -> bool {
+    STOP.load(SeqCst)
+}
+
+fn mapping_lost() -> bool {
+    MAPPING_LOST.load(SeqCst)
+}
+
+fn signal_counts() -> (u64, u64) {
+    (SIGBUS_COUNT.load(SeqCst), SIGSEGV_COUNT.load(SeqCst))
+}
+
+/// A shared mapping of the device, known to the fault handler while it exists.
+struct Mapping {
+    base: usize,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(fd: RawFd, len: usize, offset: u64) -> Result<Mapping, String> {
+        // SAFETY: a fresh shared mapping of the device at a kernel-chosen address.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                offset as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(format!(
+                "mmap {len} bytes at offset {offset:#x}: {}",
+                errno_text(errno())
+            ));
+        }
+        let m = Mapping {
+            base: p as usize,
+            len,
+        };
+        MAP_LEN.store(len, SeqCst);
+        MAP_BASE.store(m.base, SeqCst);
+        Ok(m)
+    }
+
+    /// munmap; returns "ok" or the errno text.
+    fn unmap(self) -> String {
+        MAP_BASE.store(0, SeqCst);
+        MAP_LEN.store(0, SeqCst);
+        // SAFETY: base..base+len is the mapping we made (parts may be anonymous replacements).
+        if unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) } == 0 {
+            "ok".to_string()
+        } else {
+            errno_text(errno())
+        }
+    }
+}
+
+/// Everything the status file says.
+pub struct Status {
+    pub kind: Kind,
+    pub device: String,
+    pub pid: u32,
+    pub state: &'static str,
+    pub mode: Option<String>,
+    pub frames: u64,
+    pub ioctl_errors: BTreeMap<String, u64>,
+    /// DIRTYFB's "not supported" answers (EOPNOTSUPP/ENOSYS), by errno name: not errors.
+    pub ignored_errors: BTreeMap<String, u64>,
+    pub last_error: Option<String>,
+    pub close: Option<String>,
+    pub munmap: Option<String>,
+    /// "none", "device", "replaced" (faulted, anonymous pages patched in) or "unmapped".
+    pub mapping: &'static str,
+    pub exited: bool,
+    path: PathBuf,
+    started: Instant,
+    last_write: Option<Instant>,
+}
+
+impl Status {
+    pub fn new(kind: Kind, device: &str, path: &Path) -> Status {
+        Status {
+            kind,
+            device: device.to_string(),
+            pid: std::process::id(),
+            state: "starting",
+            mode: None,
+            frames: 0,
+            ioctl_errors: BTreeMap::new(),
+            ignored_errors: BTreeMap::new(),
+            last_error: None,
+            close: None,
+            munmap: None,
+            mapping: "none",
+            exited: false,
+            path: path.to_path_buf(),
+            started: Instant::now(),
+            last_write: None,
+        }
+    }
+
+    pub fn to_object(&self) -> Object {
+        let (bus, segv) = signal_counts();
+        let signals = json::counters(
+            [("SIGBUS", bus), ("SIGSEGV", segv)]
+                .into_iter()
+                .filter(|(_, n)| *n > 0),
+        );
+        let first = FIRST_SIGNAL_SEEN
+            .load(SeqCst)
+            .then(|| format!("{:#x}", FIRST_SIGNAL_ADDR.load(SeqCst)));
+        let mut o = Object::new();
+        o.str("kind", self.kind.name())
+            .str("device", &self.device)
+            .num("pid", self.pid)
+            .str("state", self.state)
+            .opt_str("mode", self.mode.as_deref())
+            .num("frames", self.frames)
+            .raw("signals", signals)
+            .opt_str("first_signal_addr", first.as_deref())
+            .raw(
+                "ioctl_errors",
+                json::counters(self.ioctl_errors.iter().map(|(k, v)| (k.as_str(), *v))),
+            )
+            .raw(
+                "ignored_errors",
+                json::counters(self.ignored_errors.iter().map(|(k, v)| (k.as_str(), *v))),
+            )
+            .opt_str("last_error", self.last_error.as_deref())
+            .opt_str("close", self.close.as_deref())
+            .opt_str("munmap", self.munmap.as_deref())
+            .str("mapping", self.mapping)
+            .bool("exited", self.exited)
+            .num("t_ms", self.started.elapsed().as_millis());
+        o
+    }
+
+    /// Writes the status file atomically (temp file + rename).
+    pub fn write(&mut self) {
+        self.last_write = Some(Instant::now());
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(".tmp");
+        let text = self.to_object().to_json() + "\n";
+        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &self.path)) {
+            eprintln!(
+                "vanish-agent client: cannot write {}: {e}",
+                self.path.display()
+            );
+        }
+    }
+
+    pub fn set_state(&mut self, state: &'static str) {
+        self.state = state;
+        self.write();
+    }
+
+    /// Counts a failed ioctl by errno name.
+    pub fn ioctl_error(&mut self, e: IoctlError) {
+        *self.ioctl_errors.entry(errno_name(e.errno)).or_default() += 1;
+        self.last_error = Some(e.to_string());
+    }
+
+    fn due(&self) -> bool {
+        self.last_write.is_none_or(|t| t.elapsed() >= STATUS_PERIOD)
+    }
+}
+
+/// What the frame loop does besides drawing.
+enum Poll {
+    Kms { fb_id: u32, crtc_id: u32 },
+    Fbdev,
+    Idle,
+}
+
+/// An open, set-up client.
+struct Session {
+    mapping: Option<Mapping>,
+    surface: Option<Surface>,
+    pack: Box<dyn Fn(u32) -> u32>,
+    poll: Poll,
+}
+
+fn setup_kms(fd: RawFd, st: &mut Status) -> Result<Session, String> {
+    let e = |e: IoctlError| e.to_string();
+    let res = drm::get_resources(fd).map_err(e)?;
+    let mut chosen = None;
+    for &id in &res.connectors {
+        let c = drm::get_connector(fd, id).map_err(e)?;
+        if c.connection == drm::DRM_MODE_CONNECTED && !c.modes.is_empty() {
+            chosen = Some(c);
+            break;
+        }
+    }
+    let conn = chosen.ok_or_else(|| {
+        format!(
+            "no connected connector with modes among {:?}",
+            res.connectors
+        )
+    })?;
+    let mode = drm::pick_mode(&conn.modes).ok_or("connector has no modes")?;
+    let crtc_id = drm::pick_crtc(fd, &res, &conn)
+        .map_err(e)?
+        .ok_or_else(|| format!("no CRTC can drive connector {}", conn.id))?;
+    let (w, h) = (u32::from(mode.hdisplay), u32::from(mode.vdisplay));
+    st.mode = Some(format!("{w}x{h}"));
+    let dumb = drm::create_dumb(fd, w, h, 32).map_err(e)?;
+    let fb_id = drm::add_fb(fd, w, h, dumb.pitch, 32, 24, dumb.handle).map_err(e)?;
+    let offset = drm::map_dumb(fd, dumb.handle).map_err(e)?;
+    let mapping = Mapping::new(fd, dumb.size as usize, offset)?;
+    st.mapping = "device";
+    let surface = Surface {
+        ptr: mapping.base as *mut u8,
+        len: mapping.len,
+        pitch: dumb.pitch as usize,
+        width: w,
+        height: h,
+        bytes_per_pixel: 4,
+    };
+    let session = Session {
+        mapping: Some(mapping),
+        surface: Some(surface),
+        pack: Box::new(|c| c),
+        poll: Poll::Kms { fb_id, crtc_id },
+    };
+    draw(&session, 0, false);
+    drm::set_crtc(fd, crtc_id, fb_id, conn.id, &mode).map_err(e)?;
+    Ok(session)
+}
+
+fn setup_fbdev(fd: RawFd, st: &mut Status) -> Result<Session, String> {
+    let e = |e: IoctlError| e.to_string();
+    let var = fb::get_vscreeninfo(fd).map_err(e)?;
+    let fix = fb::get_fscreeninfo(fd).map_err(e)?;
+    let bytes_per_pixel = (var.bits_per_pixel / 8) as usize;
+    if !(2..=4).contains(&bytes_per_pixel) {
+        return Err(format!(
+            "unsupported fbdev depth {} bpp",
+            var.bits_per_pixel
+        ));
+    }
+    st.mode = Some(format!("{}x{}", var.xres, var.yres));
+    let mapping = Mapping::new(fd, fix.smem_len as usize, 0)?;
+    st.mapping = "device";
+    let pitch = fix.line_length as usize;
+    let surface = Surface {
+        ptr: mapping.base as *mut u8,
+        len: mapping.len,
+        pitch,
+        width: var.xres,
+        height: var.yres,
+        bytes_per_pixel,
+    };
+    let session = Session {
+        mapping: Some(mapping),
+        surface: Some(surface),
+        pack: Box::new(move |c| fb::pack(&var, c)),
+        poll: Poll::Fbdev,
+    };
+    draw(&session, 0, false);
+    Ok(session)
+}
+
+/// Draws frame `frame`: the whole picture, or only the track if `track_only`.
+fn draw(s: &Session, frame: u64, track_only: bool) {
+    let Some(surface) = &s.surface else { return };
+    if mapping_lost() {
+        return;
+    }
+    let rows = if track_only {
+        pattern::track_top(surface.height)..surface.height
+    } else {
+        0..surface.height
+    };
+    surface.draw(rows, frame, &*s.pack, &mapping_lost);
+}
+
+/// One frame's ioctls.
+fn poll(fd: RawFd, s: &Session, st: &mut Status) {
+    match s.poll {
+        Poll::Kms { fb_id, crtc_id } => {
+            match drm::dirty_fb(fd, fb_id) {
+                Err(e) if e.errno == libc::EOPNOTSUPP || e.errno == libc::ENOSYS => {
+                    *st.ignored_errors.entry(errno_name(e.errno)).or_default() += 1;
+                }
+                Err(e) => st.ioctl_error(e),
+                Ok(()) => {}
+            }
+            if let Err(e) = drm::get_crtc(fd, crtc_id) {
+                st.ioctl_error(e);
+            }
+        }
+        Poll::Fbdev => {
+            if let Err(e) = fb::get_vscreeninfo(fd) {
+                st.ioctl_error(e);
+            }
+        }
+        Poll::Idle => {}
+    }
+}
+
+fn open_device(device: &str) -> Result<RawFd, String> {
+    let path = CString::new(device).map_err(|_| format!("bad device path {device:?}"))?;
+    // SAFETY: a NUL-terminated path.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!("open {device}: {}", errno_text(errno())));
+    }
+    Ok(fd)
+}
+
+fn close_fd(fd: RawFd) -> String {
+    // SAFETY: fd is ours and closed exactly once.
+    if unsafe { libc::close(fd) } == 0 {
+        "ok".to_string()
+    } else {
+        errno_text(errno())
+    }
+}
+
+/// Runs the client until SIGTERM; returns the process exit code (0, or 1 if setup failed).
+pub fn run(kind: Kind, device: &str, status_path: &Path) -> i32 {
+    install_handlers();
+    let mut st = Status::new(kind, device, status_path);
+    st.write();
+    let fd = match open_device(device) {
+        Ok(fd) => fd,
+        Err(e) => {
+            st.last_error = Some(e);
+            st.exited = true;
+            st.set_state("failed");
+            return 1;
+        }
+    };
+    let setup = match kind {
+        Kind::Kms => setup_kms(fd, &mut st),
+        Kind::Fbdev => setup_fbdev(fd, &mut st),
+        Kind::IdleOpen => Ok(Session {
+            mapping: None,
+            surface: None,
+            pack: Box::new(|c| c),
+            poll: Poll::Idle,
+        }),
+    };
+    let mut session = match setup {
+        Ok(s) => s,
+        Err(e) => {
+            st.last_error = Some(e);
+            st.close = Some(close_fd(fd));
+            st.exited = true;
+            st.set_state("failed");
+            return 1;
+        }
+    };
+    st.set_state("ready");
+
+    let mut seen = (signal_counts(), 0u64);
+    while !stopping() {
+        std::thread::sleep(FRAME);
+        if stopping() {
+            break;
+        }
+        if session.surface.is_some() {
+            st.frames += 1;
+            draw(&session, st.frames, true);
+        }
+        poll(fd, &session, &mut st);
+        if mapping_lost() && st.mapping == "device" {
+            st.mapping = "replaced";
+        }
+        let now = (signal_counts(), st.ioctl_errors.values().sum());
+        if st.state == "ready" {
+            st.set_state("running");
+        } else if now != seen || st.due() {
+            st.write();
+        }
+        seen = now;
+    }
+
+    st.set_state("closing");
+    if let Some(m) = session.mapping.take() {
+        st.munmap = Some(m.unmap());
+        st.mapping = "unmapped";
+        session.surface = None;
+    }
+    st.close = Some(close_fd(fd));
+    st.exited = true;
+    st.set_state("exited");
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds() {
+        for k in [Kind::Kms, Kind::Fbdev, Kind::IdleOpen] {
+            assert_eq!(Kind::parse(k.name()), Some(k));
+        }
+        assert_eq!(Kind::parse("gl"), None);
+        assert_eq!(Kind::Fbdev.default_device(), "/dev/fb0");
+        assert_eq!(Kind::IdleOpen.default_device(), "/dev/dri/card0");
+    }
+
+    #[test]
+    fn status_json_has_every_field() {
+        let dir = std::env::temp_dir().join(format!("vanish-agent-status-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.json");
+        let mut st = Status::new(Kind::Kms, "/dev/dri/card0", &path);
+        st.mode = Some("1024x768".into());
+        st.frames = 7;
+        st.ioctl_error(IoctlError {
+            name: "DRM_IOCTL_MODE_GETCRTC",
+            errno: libc::ENODEV,
+        });
+        st.ioctl_error(IoctlError {
+            name: "DRM_IOCTL_MODE_GETCRTC",
+            errno: libc::ENODEV,
+        });
+        st.ioctl_error(IoctlError {
+            name: "DRM_IOCTL_MODE_DIRTYFB",
+            errno: libc::EIO,
+        });
+        st.close = Some("ok".into());
+        st.set_state("running");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.ends_with('\n') && text.lines().count() == 1);
+        let o = Object::parse(&text).unwrap();
+        assert_eq!(o.get_str("kind").as_deref(), Some("kms"));
+        assert_eq!(o.get_str("device").as_deref(), Some("/dev/dri/card0"));
+        assert_eq!(o.get("pid"), Some(std::process::id().to_string().as_str()));
+        assert_eq!(o.get_str("state").as_deref(), Some("running"));
+        assert_eq!(o.get_str("mode").as_deref(), Some("1024x768"));
+        assert_eq!(o.get("frames"), Some("7"));
+        assert_eq!(o.get("ioctl_errors"), Some(r#"{"EIO":1,"ENODEV":2}"#));
+        assert_eq!(
+            o.get_str("last_error").as_deref(),
+            Some("DRM_IOCTL_MODE_DIRTYFB: EIO (Input/output error)")
+        );
+        assert_eq!(o.get_str("close").as_deref(), Some("ok"));
+        assert_eq!(o.get("exited"), Some("false"));
+        for key in [
+            "signals",
+            "first_signal_addr",
+            "ignored_errors",
+            "munmap",
+            "mapping",
+            "t_ms",
+        ] {
+            assert!(o.get(key).is_some(), "{key} missing");
+        }
+        assert!(!dir.join("s.json.tmp").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A shared file mapping whose file shrinks raises SIGBUS, just like a vanished device's
+    /// mapping: the handler must record it and let the store complete.
+    #[test]
+    fn sigbus_on_the_mapping_is_survived() {
+        install_handlers();
+        let page = PAGE_SIZE.load(SeqCst);
+        let path = std::env::temp_dir().join(format!("vanish-agent-sigbus-{}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        file.set_len(2 * page as u64).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let m = Mapping::new(fd, 2 * page, 0).unwrap();
+        let p = m.base as *mut u32;
+        unsafe { p.write_volatile(1) };
+        assert_eq!(signal_counts().0, 0);
+        file.set_len(0).unwrap();
+        unsafe { p.add(page / 4 + 1).write_volatile(0xdead_beef) };
+        assert_eq!(signal_counts().0, 1);
+        assert!(mapping_lost());
+        assert_eq!(FIRST_SIGNAL_ADDR.load(SeqCst), m.base + page + 4);
+        assert_eq!(unsafe { p.add(page / 4 + 1).read_volatile() }, 0xdead_beef);
+        assert_eq!(m.unmap(), "ok");
+        std::fs::remove_file(&path).unwrap();
+    }
+}
