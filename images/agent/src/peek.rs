@@ -18,7 +18,7 @@ pub fn parse_number(s: &str) -> Result<u64, String> {
 
 /// Reads the dword at `offset` of memory BAR `bar` of PCI function `bdf`.
 pub fn read_u32(bdf: &str, bar: u8, offset: u64) -> Result<u32, String> {
-    if bdf.contains('/') || bar > 5 || offset % 4 != 0 {
+    if bdf.contains('/') || bar > 5 || !offset.is_multiple_of(4) {
         return Err(format!(
             "bad peek target {bdf} BAR{bar} +{offset:#x} (dword-aligned offsets only)"
         ));
