@@ -4,7 +4,7 @@
 //! (VBE) registers and QEMU's extension block. No interrupts: every bochs-drm version either
 //! fakes vblank (6.1, 6.12) or runs a software vblank timer (7.x).
 
-use pci_config::{BarSpec, BarType, Capability, ConfigSpace, PciIdentity};
+use pci_config::{Capability, ConfigSpace, PciIdentity};
 use vram_bar::{PixelFormat, Scanout, Vram};
 
 use crate::{CardOptions, DeviceModel, ModelError, ModelKind};
@@ -74,30 +74,15 @@ pub struct Bochs {
 impl Bochs {
     pub fn new(options: &CardOptions) -> Result<Bochs, ModelError> {
         let vram = Vram::new(options.vram_size.max(MIN_VRAM_SIZE))?;
-        let mut config = ConfigSpace::new(PciIdentity {
+        let identity = PciIdentity {
             vendor_id: VENDOR_ID,
             device_id: DEVICE_ID,
             subsystem_vendor_id: SUBSYSTEM_VENDOR_ID,
             subsystem_id: SUBSYSTEM_ID,
             class_code: CLASS_CODE,
             revision: REVISION,
-        });
-        config.set_bar(
-            VRAM_BAR,
-            BarSpec {
-                size: vram.size(),
-                bar_type: BarType::Memory32,
-                prefetchable: true,
-            },
-        )?;
-        config.set_bar(
-            MMIO_BAR,
-            BarSpec {
-                size: MMIO_SIZE,
-                bar_type: BarType::Memory32,
-                prefetchable: false,
-            },
-        )?;
+        };
+        let mut config = crate::display_config(identity, &vram, VRAM_BAR, MMIO_BAR, MMIO_SIZE)?;
         config.add_capability(Capability::PciExpressEndpoint)?;
         config.add_capability(Capability::PowerManagement)?;
 

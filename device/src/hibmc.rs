@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use pci_config::{BarSpec, BarType, Capability, ConfigSpace, PciIdentity};
+use pci_config::{Capability, ConfigSpace, PciIdentity};
 use vram_bar::{PixelFormat, Scanout, Vram};
 
 use crate::i2c::{BusStats, Eeprom, I2cBus};
@@ -187,30 +187,15 @@ pub struct Hibmc {
 impl Hibmc {
     pub fn new(options: &CardOptions) -> Result<Hibmc, ModelError> {
         let vram = Vram::new(options.vram_size)?;
-        let mut config = ConfigSpace::new(PciIdentity {
+        let identity = PciIdentity {
             vendor_id: VENDOR_ID,
             device_id: DEVICE_ID,
             subsystem_vendor_id: SUBSYSTEM_VENDOR_ID,
             subsystem_id: SUBSYSTEM_ID,
             class_code: CLASS_CODE,
             revision: REVISION,
-        });
-        config.set_bar(
-            VRAM_BAR,
-            BarSpec {
-                size: vram.size(),
-                bar_type: BarType::Memory32,
-                prefetchable: true,
-            },
-        )?;
-        config.set_bar(
-            MMIO_BAR,
-            BarSpec {
-                size: MMIO_SIZE,
-                bar_type: BarType::Memory32,
-                prefetchable: false,
-            },
-        )?;
+        };
+        let mut config = crate::display_config(identity, &vram, VRAM_BAR, MMIO_BAR, MMIO_SIZE)?;
         config.add_capability(Capability::PowerManagement)?;
         config.add_capability(Capability::Msi {
             vectors: MSI_VECTORS as u8,

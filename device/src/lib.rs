@@ -14,7 +14,7 @@ pub mod server;
 
 use std::time::Duration;
 
-use pci_config::ConfigSpace;
+use pci_config::{BarSpec, BarType, ConfigSpace, PciIdentity};
 use vram_bar::{Scanout, Vram};
 
 pub use server::{Card, CardStats, Server, ServerError};
@@ -111,6 +111,27 @@ pub enum ModelError {
     Config(#[from] pci_config::Error),
     #[error("EDID: {0}")]
     Edid(String),
+}
+
+/// Config space shared by both cards: identity, VRAM as a 32-bit prefetchable memory BAR and
+/// the registers as a 32-bit non-prefetchable one. 32-bit on purpose: hibmc maps its registers
+/// from resource 1, which a 64-bit BAR0 would occupy.
+pub(crate) fn display_config(
+    identity: PciIdentity,
+    vram: &Vram,
+    vram_bar: usize,
+    mmio_bar: usize,
+    mmio_size: u64,
+) -> Result<ConfigSpace, ModelError> {
+    let mut config = ConfigSpace::new(identity);
+    let bar = |size, prefetchable| BarSpec {
+        size,
+        bar_type: BarType::Memory32,
+        prefetchable,
+    };
+    config.set_bar(vram_bar, bar(vram.size(), true))?;
+    config.set_bar(mmio_bar, bar(mmio_size, false))?;
+    Ok(config)
 }
 
 /// An emulated PCI function.

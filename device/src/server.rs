@@ -46,8 +46,10 @@ pub enum ServerError {
 }
 
 /// Counters for reports and the control socket.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct CardStats {
+    /// `bochs` or `hibmc`.
+    pub model: String,
     /// Client sessions served or being served (a re-plug starts a new one).
     pub clients: u64,
     pub dead: bool,
@@ -130,6 +132,7 @@ impl Card {
         let c = &self.counters;
         let model = self.model();
         CardStats {
+            model: model.kind().name().to_string(),
             clients: c.clients.load(Ordering::Relaxed),
             dead: self.is_dead(),
             config_reads: c.config_reads.load(Ordering::Relaxed),

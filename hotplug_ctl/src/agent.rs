@@ -11,8 +11,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::UnixStream;
-use tokio::time::{timeout, Instant};
+use tokio::time::timeout;
 
 /// Ends each reply; never appears in ordinary output.
 pub const END: char = '\u{1e}';
@@ -39,21 +38,7 @@ pub struct Agent {
 impl Agent {
     /// Connects to the chardev socket QEMU listens on.
     pub async fn connect(path: &Path, wait: Duration) -> Result<Agent> {
-        let deadline = Instant::now() + wait;
-        let stream = loop {
-            match UnixStream::connect(path).await {
-                Ok(s) => break s,
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(e).with_context(|| {
-                        format!(
-                            "agent socket {} did not open within {wait:?}",
-                            path.display()
-                        )
-                    })
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        };
+        let stream = crate::connect_unix(path, wait, "agent socket").await?;
         let (read, writer) = stream.into_split();
         Ok(Agent {
             reader: BufReader::new(read).lines(),

@@ -53,21 +53,7 @@ impl Request {
 }
 
 /// The card's state as the control socket reports it.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Status {
-    pub model: String,
-    pub dead: bool,
-    pub clients: u64,
-    pub config_reads: u64,
-    pub config_writes: u64,
-    pub bar_reads: u64,
-    pub bar_writes: u64,
-    pub resets: u64,
-    pub msi_sent: u64,
-    pub msi_vectors_armed: u32,
-    pub unimplemented_accesses: u64,
-    pub scanout: Option<String>,
-}
+pub type Status = device::CardStats;
 
 /// A reply: `ok` with the status after the request, or an error line.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -83,21 +69,7 @@ pub struct Reply {
 }
 
 fn status(card: &Card) -> Status {
-    let s = card.stats();
-    Status {
-        model: card.model().kind().name().to_string(),
-        dead: s.dead,
-        clients: s.clients,
-        config_reads: s.config_reads,
-        config_writes: s.config_writes,
-        bar_reads: s.bar_reads,
-        bar_writes: s.bar_writes,
-        resets: s.resets,
-        msi_sent: s.msi_sent,
-        msi_vectors_armed: s.msi_vectors_armed,
-        unimplemented_accesses: s.unimplemented_accesses,
-        scanout: s.scanout,
-    }
+    card.stats()
 }
 
 /// Answers one request against `card`.

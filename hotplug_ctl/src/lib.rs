@@ -42,3 +42,25 @@ pub fn die_with_parent(cmd: &mut tokio::process::Command) {
         });
     }
 }
+
+/// Connects to a Unix socket that another process (QEMU) creates a moment after it starts,
+/// retrying until `wait` runs out.
+pub async fn connect_unix(
+    path: &std::path::Path,
+    wait: std::time::Duration,
+    what: &str,
+) -> anyhow::Result<tokio::net::UnixStream> {
+    use anyhow::Context;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::net::UnixStream::connect(path).await {
+            Ok(s) => return Ok(s),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(e).with_context(|| {
+                    format!("{what} {} did not open within {wait:?}", path.display())
+                })
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+}

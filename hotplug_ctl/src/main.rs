@@ -87,6 +87,9 @@ struct RunArgs {
     /// Where to write report.json, console.log, screenshot.png.
     #[arg(long, default_value = "vanish-out")]
     out: PathBuf,
+    /// Extra guest kernel command line, e.g. "drm.debug=0x4 slub_debug=FZP".
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    append: String,
     /// Seconds to wait for the guest to boot.
     #[arg(long, default_value_t = 180)]
     boot_timeout: u64,
@@ -282,6 +285,7 @@ async fn cmd_run(args: RunArgs) -> i32 {
         no_monitor: args.card.no_monitor,
         boot_timeout: Duration::from_secs(args.boot_timeout),
         bind_timeout: Duration::from_secs(60),
+        append: args.append,
         scenarios,
     };
     match runner::run(cfg).await {

@@ -13,7 +13,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::UnixStream;
 use tokio::time::{timeout, Instant};
 
 /// A connected QMP session.
@@ -27,18 +26,7 @@ impl Qmp {
     /// Connects to QEMU's `-qmp unix:PATH,server=on,wait=off` socket, retrying until `wait`
     /// runs out (QEMU creates it a moment after it starts).
     pub async fn connect(path: &Path, wait: Duration) -> Result<Qmp> {
-        let deadline = Instant::now() + wait;
-        let stream = loop {
-            match UnixStream::connect(path).await {
-                Ok(s) => break s,
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(e).with_context(|| {
-                        format!("QMP socket {} did not open within {wait:?}", path.display())
-                    })
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        };
+        let stream = crate::connect_unix(path, wait, "QMP socket").await?;
         let (read, writer) = stream.into_split();
         let mut qmp = Qmp {
             reader: BufReader::new(read).lines(),

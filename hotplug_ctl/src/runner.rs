@@ -45,6 +45,8 @@ pub struct RunConfig {
     pub boot_timeout: Duration,
     /// Longest wait for the driver to bind to the card.
     pub bind_timeout: Duration,
+    /// Extra kernel command line (e.g. `drm.debug=0x4`).
+    pub append: String,
     /// Scenarios to run after the boot checks, in one boot (a scenario that does not pass
     /// gets a fresh boot before the next one).
     pub scenarios: Vec<Scenario>,
@@ -477,7 +479,7 @@ async fn boot(
         arch: cfg.arch,
         kernel: kernel.image.clone(),
         initrd: initrd.to_path_buf(),
-        append: String::new(),
+        append: cfg.append.clone(),
         memory_mib: 1024,
         cpus: 2,
         qmp_socket: dir.path().join("qmp.sock"),
@@ -584,8 +586,17 @@ async fn boot_checks(session: &mut Session, run: &mut ScenarioRun) -> Result<()>
             run.observe(key, v);
         }
     }
-    run.observe("connectors", status.all("connector").to_vec());
-    run.observe("modes", status.all("modes").to_vec());
+    let (v, d) = session.cfg.model.pci_id();
+    let probed = session
+        .agent
+        .check(
+            &format!(". /etc/vanish/lib.sh; probe_modes {v:#06x} {d:#06x}"),
+            AGENT_WAIT,
+        )
+        .await?;
+    let probed = CardStatus::parse(&probed);
+    run.observe("connectors", probed.all("connector").to_vec());
+    run.observe("modes", probed.all("modes").to_vec());
     run.observe("fb0", status.flag("fb0"));
     run.observe("dri_card0", status.flag("dri_card0"));
     if !status.flag("fb0") {

@@ -616,6 +616,14 @@ mod tests {
         let s = Scenario::cycle(Removal::Unbind);
         assert_eq!(s.steps[1], Step::Expect(Condition::Unbound));
         let s = Scenario::cycle(Removal::Surprise);
-        assert_eq!(s.steps[1], Step::Expect(Condition::Gone));
+        assert_eq!(
+            s.steps[..4],
+            [
+                Step::Dead,
+                Step::Expect(Condition::BarReadsOnes),
+                Step::Unplug(Removal::Surprise),
+                Step::Expect(Condition::Gone)
+            ]
+        );
     }
 }

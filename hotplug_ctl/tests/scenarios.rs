@@ -23,14 +23,18 @@ const BUILTIN: [&str; 11] = [
 fn junit_and_kcidb(run: &Run) -> (String, serde_json::Value) {
     let junit = std::fs::read_to_string(run.path("junit.xml")).expect("junit.xml");
     let kcidb: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.path("kcidb.json")).expect("kcidb.json")).expect("kcidb json");
+        serde_json::from_str(&std::fs::read_to_string(run.path("kcidb.json")).expect("kcidb.json"))
+            .expect("kcidb json");
     assert_eq!(kcidb["version"]["major"], 4);
     (junit, kcidb)
 }
 
 fn run_set(model: &str, arch: &str) -> Run {
     // vanish writes --junit/--kcidb where it is told; collect them into the run's out dir.
-    let out = tempfile::Builder::new().prefix("vanish-set-").tempdir().expect("tmp");
+    let out = tempfile::Builder::new()
+        .prefix("vanish-set-")
+        .tempdir()
+        .expect("tmp");
     let junit = out.path().join("junit.xml");
     let kcidb = out.path().join("kcidb.json");
     let run = vanish(&[
@@ -64,20 +68,35 @@ fn builtin_set_passes_on_bochs_x86_64() {
         .expect("out dir")
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.to_string_lossy().contains("surprise-with-mmap") && p.to_string_lossy().ends_with("pattern.png"))
+        .find(|p| {
+            p.to_string_lossy().contains("surprise-with-mmap")
+                && p.to_string_lossy().ends_with("pattern.png")
+        })
         .expect("a pattern screenshot");
-    assert!(hotplug_ctl::pattern::shows_colour_bars(&shot).expect("png"), "{}", shot.display());
+    assert!(
+        hotplug_ctl::pattern::shows_colour_bars(&shot).expect("png"),
+        "{}",
+        shot.display()
+    );
     // After the surprise removal, the client could close its fd and exit.
     let client = &run.scenario("surprise-with-mmap")["observations"]["client_kms"];
     assert_eq!(client["exited"], true);
     assert_eq!(client["close"], "ok");
-    assert_eq!(run.scenario("surprise-with-mmap")["observations"]["bar_read_dead"], "0xffffffff");
+    assert_eq!(
+        run.scenario("surprise-with-mmap")["observations"]["bar_read_dead"],
+        "0xffffffff"
+    );
 
     let (junit, kcidb) = junit_and_kcidb(&run);
     assert_eq!(junit.matches("<testcase").count(), 12, "{junit}");
     assert!(!junit.contains("<failure"), "{junit}");
     let tests = kcidb["tests"].as_array().expect("tests");
-    assert!(tests.iter().any(|t| t["path"] == "vanish.bochs.surprise-with-mmap" && t["status"] == "PASS"), "{kcidb}");
+    assert!(
+        tests
+            .iter()
+            .any(|t| t["path"] == "vanish.bochs.surprise-with-mmap" && t["status"] == "PASS"),
+        "{kcidb}"
+    );
 }
 
 /// Debian 6.12's hibmc never calls pci_set_master(): every scenario that re-probes the driver
@@ -92,20 +111,40 @@ fn builtin_set_finds_hibmc_6_12_vblank_warns() {
     for name in BUILTIN {
         let s = run.scenario(name);
         assert_eq!(s["verdict"], "fail", "{name}");
-        assert!(s["problems"].as_array().is_none_or(Vec::is_empty), "{name}: a step did not hold: {}", s["problems"]);
+        assert!(
+            s["problems"].as_array().is_none_or(Vec::is_empty),
+            "{name}: a step did not hold: {}",
+            s["problems"]
+        );
         let splats = s["splats"].as_array().cloned().unwrap_or_default();
         assert!(!splats.is_empty(), "{name}");
         for sp in splats {
             assert_eq!(sp["kind"], "warning", "{name}");
-            assert!(sp["first_line"].as_str().unwrap_or("").contains("drm_atomic_helper_wait_for_vblanks"), "{name}");
-            assert!(sp["call_trace"].as_array().is_some_and(|t| t.len() > 3), "{name}: no call trace");
+            assert!(
+                sp["first_line"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("drm_atomic_helper_wait_for_vblanks"),
+                "{name}"
+            );
+            assert!(
+                sp["call_trace"].as_array().is_some_and(|t| t.len() > 3),
+                "{name}: no call trace"
+            );
         }
     }
     let (junit, kcidb) = junit_and_kcidb(&run);
     assert_eq!(junit.matches("<failure").count(), 11, "{junit}");
-    assert!(junit.contains("drm_atomic_helper_wait_for_vblanks"), "the trace is in the JUnit failure text");
+    assert!(
+        junit.contains("drm_atomic_helper_wait_for_vblanks"),
+        "the trace is in the JUnit failure text"
+    );
     let tests = kcidb["tests"].as_array().expect("tests");
-    assert_eq!(tests.iter().filter(|t| t["status"] == "FAIL").count(), 11, "{kcidb}");
+    assert_eq!(
+        tests.iter().filter(|t| t["status"] == "FAIL").count(),
+        11,
+        "{kcidb}"
+    );
 }
 
 #[test]
@@ -132,7 +171,14 @@ fn a_scenario_whose_expectation_cannot_hold_fails_with_exit_1() {
     assert_eq!(run.code, 1, "{}", run.summary());
     let s = run.scenario("impossible");
     assert_eq!(s["verdict"], "fail");
-    assert!(s["problems"][0].as_str().unwrap_or("").starts_with("expect gone:"), "{}", s["problems"]);
+    assert!(
+        s["problems"][0]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("expect gone:"),
+        "{}",
+        s["problems"]
+    );
     let junit = std::fs::read_to_string(&junit).expect("junit");
     assert_eq!(junit.matches("<failure").count(), 1, "{junit}");
     assert!(junit.contains("expect gone"), "{junit}");
@@ -150,9 +196,21 @@ fn a_missing_kernel_is_exit_125_with_one_line() {
 #[test]
 fn a_kernel_without_the_driver_is_exit_125_not_a_hang() {
     // Debian's amd64 kernels have no hibmc-drm.
-    let run = vanish(&["run", "--model", "hibmc", "--arch", "x86_64", "--scenario", "boot"]);
+    let run = vanish(&[
+        "run",
+        "--model",
+        "hibmc",
+        "--arch",
+        "x86_64",
+        "--scenario",
+        "boot",
+    ]);
     assert_eq!(run.code, 125, "{}", run.summary());
-    assert!(run.stdout.contains("has no hibmc-drm driver"), "{}", run.summary());
+    assert!(
+        run.stdout.contains("has no hibmc-drm driver"),
+        "{}",
+        run.summary()
+    );
 }
 
 #[test]
@@ -163,18 +221,33 @@ fn bad_flags_and_bad_scenario_files_are_exit_2() {
 
     let dir = tempfile::tempdir().expect("tmp");
     let file = dir.path().join("bad.toml");
-    std::fs::write(&file, "name = \"bad\"\nsteps = [\n  \"wait-bound\",\n  \"unplug sideways\",\n]\n").expect("write");
+    std::fs::write(
+        &file,
+        "name = \"bad\"\nsteps = [\n  \"wait-bound\",\n  \"unplug sideways\",\n]\n",
+    )
+    .expect("write");
     let run = vanish(&["run", "--scenario", file.to_str().unwrap_or_default()]);
     assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("bad.toml:4: unknown removal mode 'sideways'"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("bad.toml:4: unknown removal mode 'sideways'"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
 fn list_shows_the_builtin_set() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vanish")).arg("list").output().expect("vanish list");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vanish"))
+        .arg("list")
+        .output()
+        .expect("vanish list");
     let text = String::from_utf8_lossy(&out.stdout);
     for name in BUILTIN {
-        assert!(text.lines().any(|l| l.starts_with(name)), "{name} missing from:\n{text}");
+        assert!(
+            text.lines().any(|l| l.starts_with(name)),
+            "{name} missing from:\n{text}"
+        );
     }
     assert!(Path::new(env!("CARGO_BIN_EXE_vanish")).exists());
 }

@@ -72,3 +72,16 @@ read_bar() {
 	[ -n "$start" ] && [ "$start" != 0x0000000000000000 ] || { echo "BAR $2 of $1 is not assigned" >&2; return 1; }
 	devmem $((start + $3)) 32
 }
+
+# probe_modes VENDOR DEVICE: re-probe the card's connectors with the device's full size limits
+# (as xrandr would) and print "modes=CONNECTOR MODE..." lines. Needed on 7.x, whose fbdev client
+# re-probes every 10 s with its framebuffer's size as the limit, pruning bigger modes from sysfs.
+probe_modes() {
+	bdf=$(find_card "$1" "$2" | head -n 1)
+	for conn in /sys/bus/pci/devices/$bdf/drm/card*/card*-*; do
+		[ -e "$conn/status" ] || continue
+		echo detect > "$conn/status" 2>/dev/null
+		echo "connector=${conn##*/} $(cat "$conn/status")"
+		echo "modes=${conn##*/} $(tr '\n' ' ' < "$conn/modes")"
+	done
+}
