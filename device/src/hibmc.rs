@@ -526,6 +526,7 @@ impl DeviceModel for Hibmc {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pci_config::BarType;
     use crate::edid::default_edid;
 
     fn options() -> CardOptions {
