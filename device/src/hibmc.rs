@@ -526,8 +526,8 @@ impl DeviceModel for Hibmc {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pci_config::BarType;
     use crate::edid::default_edid;
+    use pci_config::BarType;
 
     fn options() -> CardOptions {
         CardOptions {

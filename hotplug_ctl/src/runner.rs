@@ -267,6 +267,16 @@ impl Session {
         }
     }
 
+    /// Waits for the driver after a fresh boot and records where the card is.
+    pub async fn adopt_card(&mut self, wait: Duration) -> Result<()> {
+        let status = self.wait_bound(wait).await?;
+        self.pci_address = status.get("pci_address").map(str::to_string);
+        self.drm_node = status.get("drm").map(str::to_string);
+        self.fb_node = status.get("fb").map(str::to_string);
+        self.ever_bound = true;
+        Ok(())
+    }
+
     /// Saves what the card shows to `path` once fbcon has drawn something; returns the ink
     /// ratio (fraction of non-background pixels).
     pub async fn screenshot(&self, path: &Path, wait: Duration) -> Result<f64> {
@@ -711,7 +721,10 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
         let mut session = boot(&cfg, &qemu, &kernel, &initrd).await?;
         report.kernel = session.kernel_release.clone();
         let boot_report = scenario_boot(&mut session).await;
-        let mut healthy = boot_report.verdict == Verdict::Pass;
+        // Splats alone do not call for a fresh boot (a tainted kernel still runs the next
+        // scenario, and --repeat cycles stay in one boot); a step that did not hold does.
+        let settled = |r: &ScenarioReport| r.problems.is_empty() && r.verdict != Verdict::Error;
+        let mut healthy = settled(&boot_report);
         let boot_error = boot_report.verdict == Verdict::Error;
         report.scenarios.push(boot_report);
         if boot_error {
@@ -723,10 +736,11 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
                 print_step("fresh boot after a scenario that did not pass");
                 shutdown(session).await;
                 session = boot(&cfg, &qemu, &kernel, &initrd).await?;
+                session.adopt_card(cfg.bind_timeout).await?;
             }
             let result = run_scenario(&mut session, scenario).await;
             print_step(&format!("{}: {}", result.name, result.verdict.as_str()));
-            healthy = result.verdict == Verdict::Pass;
+            healthy = settled(&result);
             report.scenarios.push(result);
         }
         shutdown(session).await;
