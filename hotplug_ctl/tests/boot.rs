@@ -150,3 +150,52 @@ fn hibmc_without_a_monitor_offers_the_drivers_fallback_modes() {
         );
     }
 }
+
+/// A user's kernel: an image plus an INSTALL_MOD_PATH tree (here Debian's, unpacked).
+#[test]
+fn a_users_kernel_with_a_modules_tree_boots_with_the_card() {
+    let debian = vanish(&[
+        "run",
+        "--model",
+        "bochs",
+        "--arch",
+        "x86_64",
+        "--scenario",
+        "boot",
+    ]);
+    assert_eq!(debian.code, 0, "{}", debian.summary());
+    let image = std::path::PathBuf::from(
+        debian.report()["kernel_image"]
+            .as_str()
+            .expect("kernel_image"),
+    );
+    // .../root/boot/vmlinuz-RELEASE: the package root holds lib/modules/RELEASE.
+    let root = image
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("package root");
+    let modules = if root.join("lib/modules").is_dir() {
+        root.to_path_buf()
+    } else {
+        root.join("usr")
+    };
+    assert!(
+        modules.join("lib/modules").is_dir(),
+        "no modules under {}",
+        modules.display()
+    );
+    let run = vanish(&[
+        "run",
+        "--model",
+        "bochs",
+        "--arch",
+        "x86_64",
+        "--kernel",
+        image.to_str().unwrap_or_default(),
+        "--modules",
+        modules.to_str().unwrap_or_default(),
+        "--scenario",
+        "boot",
+    ]);
+    check_boot(&run, "bochs", "amd64", "6.12");
+}
