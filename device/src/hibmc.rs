@@ -182,6 +182,8 @@ pub struct Hibmc {
     ddc: I2cBus<Eeprom>,
     unimplemented: u64,
     unimplemented_offsets: BTreeMap<u64, u64>,
+    /// Reads and writes per implemented register, for reports of what a driver touched.
+    accesses: BTreeMap<u64, [u64; 2]>,
 }
 
 impl Hibmc {
@@ -230,6 +232,7 @@ impl Hibmc {
             ddc: I2cBus::new(eeprom),
             unimplemented: 0,
             unimplemented_offsets: BTreeMap::new(),
+            accesses: BTreeMap::new(),
         };
         card.reset();
         Ok(card)
@@ -428,7 +431,8 @@ impl DeviceModel for Hibmc {
             };
             match self.register(reg).filter(|_| reg < MMIO_SIZE) {
                 Some(value) => {
-                    data[at..at + n].copy_from_slice(&value.to_le_bytes()[lane..lane + n])
+                    data[at..at + n].copy_from_slice(&value.to_le_bytes()[lane..lane + n]);
+                    self.accesses.entry(reg).or_default()[0] += 1;
                 }
                 None => missed = missed.or(Some(Some(reg))),
             }
@@ -458,12 +462,18 @@ impl DeviceModel for Hibmc {
             let (value, mask) = (u32::from_le_bytes(bytes), u32::from_le_bytes(mask));
             if reg >= MMIO_SIZE || !self.register_write(reg, value, mask) {
                 missed = missed.or(Some(Some(reg)));
+            } else {
+                self.accesses.entry(reg).or_default()[1] += 1;
             }
             at += n;
         }
         if let Some(reg) = missed {
             self.note_unimplemented(reg);
         }
+    }
+
+    fn register_accesses(&self) -> Vec<(u64, [u64; 2])> {
+        self.accesses.iter().map(|(&o, &n)| (o, n)).collect()
     }
 
     fn reset(&mut self) {

@@ -168,6 +168,10 @@ pub trait DeviceModel: Send {
     fn vblank(&mut self) -> Option<u32> {
         None
     }
+    /// (register offset, [reads, writes]) for every implemented register the guest touched.
+    fn register_accesses(&self) -> Vec<(u64, [u64; 2])> {
+        Vec::new()
+    }
     /// Accesses to offsets the model does not implement (reads return 0), for reports.
     fn unimplemented_accesses(&self) -> u64 {
         0

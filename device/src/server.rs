@@ -62,6 +62,9 @@ pub struct CardStats {
     pub msi_vectors_armed: u32,
     pub unimplemented_accesses: u64,
     pub scanout: Option<String>,
+    /// Register offset (hex) -> [reads, writes], for the registers the driver touched.
+    #[serde(default)]
+    pub registers: std::collections::BTreeMap<String, [u64; 2]>,
 }
 
 #[derive(Default)]
@@ -144,6 +147,11 @@ impl Card {
             msi_vectors_armed: self.msi_lock().iter().filter(|f| f.is_some()).count() as u32,
             unimplemented_accesses: model.unimplemented_accesses(),
             scanout: model.scanout().map(|s| s.to_string()),
+            registers: model
+                .register_accesses()
+                .into_iter()
+                .map(|(offset, n)| (format!("{offset:#07x}"), n))
+                .collect(),
         }
     }
 

@@ -633,6 +633,10 @@ async fn boot_checks(session: &mut Session, run: &mut ScenarioRun) -> Result<()>
             if let Some(st) = reply.status {
                 run.observe("scanout", st.scanout.clone().unwrap_or_default());
                 run.observe("unimplemented_accesses", st.unimplemented_accesses);
+                run.observe(
+                    "registers",
+                    serde_json::to_value(&st.registers).unwrap_or_default(),
+                );
             }
         }
     }
