@@ -9,7 +9,6 @@
 use std::fs::File;
 use std::io::Write;
 use std::mem::size_of;
-use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -432,18 +431,6 @@ impl Server {
             }
         })?;
         Ok(Server { card, inner })
-    }
-
-    /// Serves `card` on an already-listening socket (e.g. one inherited from a supervisor).
-    pub fn from_listener(listener: OwnedFd, card: Arc<Card>) -> Server {
-        let (regions, irqs) = {
-            let model = card.model();
-            (regions(&**model), irqs(&**model))
-        };
-        Server {
-            inner: vfio_user::Server::from_owned_fd(listener, true, irqs, regions),
-            card,
-        }
     }
 
     pub fn card(&self) -> &Arc<Card> {

@@ -137,10 +137,6 @@ impl Console {
         lines.get(from..).map(|l| l.join("\n")).unwrap_or_default()
     }
 
-    pub fn text(&self) -> String {
-        self.text_since(0)
-    }
-
     /// The last `n` lines, for error messages.
     pub fn tail(&self, n: usize) -> String {
         let lines = self.lock();

@@ -213,8 +213,6 @@ pub struct Session {
     pub clients: BTreeMap<String, ClientKind>,
     /// Final reports of closed clients.
     pub client_final: BTreeMap<String, serde_json::Value>,
-    /// The card the clients opened has left since.
-    pub clients_stale: bool,
     /// The driver bound at least once in this boot (later bind failures are the kernel's).
     pub ever_bound: bool,
     /// A guest command timed out: the agent may be blocked in the kernel; reboot before more.
@@ -549,7 +547,6 @@ async fn boot(
         last_removal: None,
         clients: BTreeMap::new(),
         client_final: BTreeMap::new(),
-        clients_stale: false,
         ever_bound: false,
         agent_stuck: false,
         screenshots: 0,

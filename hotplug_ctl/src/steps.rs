@@ -232,7 +232,6 @@ impl Session {
             started.elapsed().as_secs_f64(),
         );
         self.last_removal = Some(mode);
-        self.clients_stale = true;
         Ok(())
     }
 
