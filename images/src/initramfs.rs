@@ -5,7 +5,6 @@ use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
-use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -13,7 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::apt::{self, AptRepo};
 use crate::cpio::CpioWriter;
 use crate::error::{at, Error, IoContext, Result};
-use crate::kernel::{run_depmod, GuestKernel};
+use crate::kernel::GuestKernel;
 use crate::util::{self, Step};
 use crate::{Arch, Cache};
 
@@ -53,7 +52,7 @@ pub struct Busybox {
 }
 
 /// Bump when the initramfs layout changes, to invalidate cached images.
-const FORMAT: &str = "vanish-initramfs-1";
+const FORMAT: &str = "vanish-initramfs-2";
 
 /// Suite busybox-static comes from (it is static, so any suite works for any guest).
 const BUSYBOX_SUITE: &str = "trixie";
@@ -78,15 +77,20 @@ fn strip_compression(p: &str) -> &str {
     p
 }
 
-/// modules.dep and modules.builtin of one kernel.
+/// What is known of one kernel's modules: their files by name, their dependencies (from
+/// `modules.dep` when the tree has one, else read from each module's own `.modinfo` as the closure
+/// needs it) and the built-in ones (`modules.builtin`).
 #[derive(Debug, Default)]
 pub(crate) struct ModIndex {
-    /// Module path (as in modules.dep, maybe `.ko.xz`) -> its dependencies' paths.
+    /// Module path (as in modules.dep, maybe `.ko.xz`) -> its dependencies' paths. Empty when
+    /// the tree has no modules.dep.
     deps: BTreeMap<String, Vec<String>>,
     /// Module name -> path.
     by_name: HashMap<String, String>,
     /// Names of built-in modules.
     builtin: HashSet<String>,
+    /// The `lib/modules/<release>` directory, to read modules from when `deps` lacks them.
+    dir: Option<PathBuf>,
 }
 
 /// The modules to include for a request.
@@ -94,8 +98,39 @@ pub(crate) struct ModIndex {
 pub(crate) struct Closure {
     /// Source paths (as in modules.dep), dependencies first, no duplicates.
     pub load_order: Vec<String>,
+    /// Each module's direct dependencies (source paths).
+    pub deps: BTreeMap<String, Vec<String>>,
     pub missing: Vec<String>,
     pub builtin: Vec<String>,
+}
+
+impl Closure {
+    /// `modules.dep` for the modules of the closure, with paths mapped by `guest`: one line per
+    /// module, its whole dependency closure in depmod's order (modprobe loads from the end).
+    pub(crate) fn modules_dep(&self, guest: impl Fn(&str) -> String) -> String {
+        let mut out = String::new();
+        for m in &self.load_order {
+            let mut order = Vec::new();
+            let mut done = HashSet::new();
+            for d in self.deps.get(m).into_iter().flatten() {
+                self.post_order(d, &mut done, &mut order);
+            }
+            order.reverse();
+            let deps: Vec<String> = order.iter().map(|d| guest(d)).collect();
+            out += &format!("{}: {}\n", guest(m), deps.join(" "));
+        }
+        out
+    }
+
+    fn post_order<'a>(&'a self, m: &'a str, done: &mut HashSet<&'a str>, out: &mut Vec<&'a str>) {
+        if !done.insert(m) {
+            return;
+        }
+        for d in self.deps.get(m).into_iter().flatten() {
+            self.post_order(d, done, out);
+        }
+        out.push(m);
+    }
 }
 
 impl ModIndex {
@@ -115,23 +150,74 @@ impl ModIndex {
                 .or_insert_with(|| m.to_string());
             idx.deps.insert(m.to_string(), deps);
         }
-        idx.builtin = modules_builtin
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(module_name)
-            .collect();
+        idx.builtin = parse_builtin(modules_builtin);
         idx
     }
 
+    /// An index of the module files under `dir` (a `lib/modules/<release>` directory without
+    /// `modules.dep`): dependencies are read from the modules themselves when needed.
+    pub(crate) fn from_files(dir: &Path, modules_builtin: &str) -> ModIndex {
+        let mut idx = ModIndex {
+            builtin: parse_builtin(modules_builtin),
+            dir: Some(dir.to_path_buf()),
+            ..ModIndex::default()
+        };
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = fs::read_dir(&d) else { continue };
+            let mut entries: Vec<_> = rd.flatten().collect();
+            entries.sort_by_key(|e| e.file_name());
+            for e in entries {
+                let p = e.path();
+                let Ok(ft) = e.file_type() else { continue };
+                if ft.is_dir() {
+                    stack.push(p);
+                } else if strip_compression(&e.file_name().to_string_lossy()).ends_with(".ko") {
+                    if let Ok(rel) = p.strip_prefix(dir) {
+                        let rel = rel.to_string_lossy().into_owned();
+                        idx.by_name.entry(module_name(&rel)).or_insert(rel);
+                    }
+                }
+            }
+        }
+        idx
+    }
+
+    /// Whether the index knows no module at all (no modules tree).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.by_name.is_empty() && self.builtin.is_empty()
+    }
+
+    /// Direct dependencies of module `path`: from modules.dep, or from its `.modinfo`.
+    fn deps_of(&self, path: &str) -> Result<Vec<String>> {
+        if let Some(d) = self.deps.get(path) {
+            return Ok(d.clone());
+        }
+        let Some(dir) = &self.dir else {
+            return Ok(Vec::new());
+        };
+        let file = dir.join(path);
+        let names = crate::modinfo::modinfo_depends(&read_module(&file)?).ok_or_else(|| {
+            Error::invalid(
+                format!("{} is not a kernel module (no .modinfo)", file.display()),
+                "check the modules tree (make modules_install)",
+            )
+        })?;
+        // A dependency that is neither a file nor built in cannot be loaded: modprobe will
+        // report it in the guest, where the log shows it.
+        Ok(names
+            .iter()
+            .filter_map(|n| self.by_name.get(n).cloned())
+            .collect())
+    }
+
     /// The requested modules and everything they depend on, dependencies first.
-    pub(crate) fn closure(&self, requested: &[&str]) -> Closure {
+    pub(crate) fn closure(&self, requested: &[&str]) -> Result<Closure> {
         let mut c = Closure::default();
-        let mut done = HashSet::new();
         for req in requested {
             let name = module_name(req);
             if let Some(path) = self.by_name.get(&name) {
-                self.visit(path, &mut done, &mut Vec::new(), &mut c.load_order);
+                self.visit(path, &mut Vec::new(), &mut c)?;
             } else if self.builtin.contains(&name) {
                 if !c.builtin.contains(&req.to_string()) {
                     c.builtin.push(req.to_string());
@@ -140,66 +226,50 @@ impl ModIndex {
                 c.missing.push(req.to_string());
             }
         }
-        c
+        Ok(c)
     }
 
-    fn visit(
-        &self,
-        path: &str,
-        done: &mut HashSet<String>,
-        stack: &mut Vec<String>,
-        out: &mut Vec<String>,
-    ) {
-        if done.contains(path) || stack.iter().any(|s| s == path) {
-            return;
+    fn visit(&self, path: &str, stack: &mut Vec<String>, c: &mut Closure) -> Result<()> {
+        if c.deps.contains_key(path) || stack.iter().any(|s| s == path) {
+            return Ok(());
         }
         stack.push(path.to_string());
+        let deps = self.deps_of(path)?;
         // modules.dep lists the full transitive set; depmod/modprobe load it from the end, so
         // walk it backwards to keep modprobe's order where it is free to choose.
-        if let Some(deps) = self.deps.get(path) {
-            for d in deps.iter().rev() {
-                self.visit(d, done, stack, out);
-            }
+        for d in deps.iter().rev() {
+            self.visit(d, stack, c)?;
         }
         stack.pop();
-        done.insert(path.to_string());
-        out.push(path.to_string());
+        c.deps.insert(path.to_string(), deps);
+        c.load_order.push(path.to_string());
+        Ok(())
     }
 }
 
-/// Read the kernel's module index: modules.dep (generated with `depmod -n` into memory when the
-/// tree has none) and modules.builtin.
+fn parse_builtin(modules_builtin: &str) -> HashSet<String> {
+    modules_builtin
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(module_name)
+        .collect()
+}
+
+/// Read the kernel's module index: modules.dep when the tree has one (`make modules_install`
+/// writes it), else the module files themselves, and modules.builtin.
 fn load_index(kernel: &GuestKernel) -> Result<ModIndex> {
     let dir = kernel.modules_dir();
     if kernel.modules_root.as_os_str().is_empty() || !dir.is_dir() {
         return Ok(ModIndex::default());
     }
-    let dep_path = dir.join("modules.dep");
-    let dep = if dep_path.is_file() {
-        fs::read_to_string(&dep_path).ctx(at("cannot read", &dep_path))?
-    } else {
-        let depmod = util::require_tool("depmod", "kmod")?;
-        let mut cmd = Command::new(depmod);
-        cmd.arg("-n")
-            .arg("-b")
-            .arg(&kernel.modules_root)
-            .arg(&kernel.release);
-        let out = util::run(
-            &mut cmd,
-            "run `depmod -b <modules root> <release>` yourself",
-        )?;
-        // -n prints every index; the modules.dep lines are the ones ending a module path.
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| {
-                l.split_once(':')
-                    .is_some_and(|(m, _)| !m.contains(' ') && m.contains(".ko"))
-            })
-            .map(|l| format!("{l}\n"))
-            .collect()
-    };
     let builtin = fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
-    Ok(ModIndex::parse(&dep, &builtin))
+    let dep_path = dir.join("modules.dep");
+    if dep_path.is_file() {
+        let dep = fs::read_to_string(&dep_path).ctx(at("cannot read", &dep_path))?;
+        return Ok(ModIndex::parse(&dep, &builtin));
+    }
+    Ok(ModIndex::from_files(&dir, &builtin))
 }
 
 /// Decompress a module file according to its suffix.
@@ -326,11 +396,11 @@ fn hex(d: &[u8]) -> String {
 
 /// Build (or reuse) an initramfs: busybox (with applet links in /bin), /init, the requested
 /// modules and their dependencies decompressed under /lib/modules/<release> with a
-/// `modules.dep` from the host's `depmod`, and the extra files. Cached by a hash of the inputs.
+/// `modules.dep` written from the closure, and the extra files. Cached by a hash of the inputs.
 pub fn build_initramfs(cache: &Cache, spec: &InitramfsSpec) -> Result<Initramfs> {
     let kernel = spec.kernel;
     let index = load_index(kernel)?;
-    let closure = index.closure(spec.modules);
+    let closure = index.closure(spec.modules)?;
     let busybox = provision_busybox(cache, kernel.arch)?;
     let src_dir = kernel.modules_dir();
 
@@ -388,7 +458,7 @@ pub fn build_initramfs(cache: &Cache, spec: &InitramfsSpec) -> Result<Initramfs>
             kernel.release,
             closure.load_order.len()
         ));
-        // Stage the modules on disk so the host depmod can index them.
+        // Stage the decompressed modules with a modules.dep of our own (no host depmod).
         let staging = tmp.join("staging");
         let mod_dir = staging.join("lib/modules").join(&kernel.release);
         util::create_dir_all(&mod_dir)?;
@@ -410,7 +480,9 @@ pub fn build_initramfs(cache: &Cache, spec: &InitramfsSpec) -> Result<Initramfs>
                 fs::copy(&s, mod_dir.join(f)).ctx(at("cannot copy", &s))?;
             }
         }
-        run_depmod(&staging, &kernel.release, tmp)?;
+        let dep = closure.modules_dep(|m| strip_compression(m).to_string());
+        let dep_path = mod_dir.join("modules.dep");
+        fs::write(&dep_path, dep).ctx(at("cannot write", &dep_path))?;
 
         let bb = fs::read(&busybox.path).ctx(at("cannot read", &busybox.path))?;
         let out_path = tmp.join("initramfs.cpio.gz");
@@ -526,14 +598,16 @@ kernel/drivers/char/virtio_console.ko.xz:
     #[test]
     fn closure_orders_deps_first_without_duplicates() {
         let idx = ModIndex::parse(DEP, BUILTIN);
-        let c = idx.closure(&[
-            "hibmc_drm",
-            "bochs",
-            "virtio_pci",
-            "virtio-console",
-            "nope",
-            "bochs",
-        ]);
+        let c = idx
+            .closure(&[
+                "hibmc_drm",
+                "bochs",
+                "virtio_pci",
+                "virtio-console",
+                "nope",
+                "bochs",
+            ])
+            .unwrap();
         assert_eq!(c.missing, ["nope"]);
         assert_eq!(c.builtin, ["virtio_pci"]);
         let lo = &c.load_order;
@@ -548,6 +622,52 @@ kernel/drivers/char/virtio_console.ko.xz:
         assert!(pos(lo, "i2c-algo-bit") < pos(lo, "hibmc-drm"));
         assert!(pos(lo, "hibmc-drm") < pos(lo, "bochs"));
         assert!(lo.last().unwrap().contains("virtio_console"));
+    }
+
+    /// Without modules.dep (no host depmod), the closure comes from the modules' `.modinfo`, and
+    /// the guest's modules.dep is written from it in depmod's order.
+    #[test]
+    fn closure_from_modinfo_without_modules_dep() {
+        use crate::modinfo::tests::synthetic_module;
+        let dir = tempfile::tempdir().unwrap();
+        let m = |rel: &str, deps: &str| {
+            let p = dir.path().join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            let info = format!("license=GPL\0depends={deps}\0");
+            let mut comp = Vec::new();
+            lzma_rs::xz_compress(&mut &synthetic_module(info.as_bytes())[..], &mut comp).unwrap();
+            fs::write(p, comp).unwrap();
+        };
+        m("kernel/drivers/gpu/drm/drm.ko.xz", "");
+        m("kernel/drivers/gpu/drm/drm_kms_helper.ko.xz", "drm");
+        m("kernel/drivers/i2c/algos/i2c-algo-bit.ko.xz", "");
+        m(
+            "kernel/drivers/gpu/drm/hisilicon/hibmc/hibmc-drm.ko.xz",
+            "drm_kms_helper,drm,i2c-algo-bit,virtio_pci",
+        );
+        m("kernel/drivers/unrelated.ko.xz", "drm");
+        let idx = ModIndex::from_files(dir.path(), BUILTIN);
+        let c = idx.closure(&["hibmc-drm", "virtio_pci", "nope"]).unwrap();
+        assert_eq!(c.missing, ["nope"]);
+        assert_eq!(c.builtin, ["virtio_pci"]);
+        assert_eq!(c.load_order.len(), 4, "{:?}", c.load_order);
+        assert!(pos(&c.load_order, "/drm.ko") < pos(&c.load_order, "drm_kms_helper"));
+        assert!(pos(&c.load_order, "drm_kms_helper") < pos(&c.load_order, "hibmc-drm"));
+        assert!(pos(&c.load_order, "i2c-algo-bit") < pos(&c.load_order, "hibmc-drm"));
+        let dep = c.modules_dep(|p| strip_compression(p).to_string());
+        let hibmc = dep
+            .lines()
+            .find(|l| l.starts_with("kernel/drivers/gpu/drm/hisilicon/hibmc/hibmc-drm.ko:"))
+            .unwrap();
+        let deps: Vec<&str> = hibmc.split_once(": ").unwrap().1.split(' ').collect();
+        assert_eq!(deps.len(), 3, "{hibmc}");
+        // modprobe loads from the end: drm must come after drm_kms_helper in the line.
+        let at = |n: &str| deps.iter().position(|d| d.contains(n)).unwrap();
+        assert!(at("drm_kms_helper") < at("/drm.ko"), "{hibmc}");
+        assert!(dep.contains("kernel/drivers/gpu/drm/drm.ko: \n"), "{dep}");
+        assert!(!dep.contains("unrelated"));
+        // A tree with modules.dep is read from it; an empty tree knows nothing.
+        assert!(ModIndex::from_files(&dir.path().join("none"), "").is_empty());
     }
 
     #[test]

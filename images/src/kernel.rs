@@ -3,7 +3,6 @@
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
@@ -66,8 +65,32 @@ pub(crate) enum VersionSpec {
     },
 }
 
-/// The kernel series each Debian suite ships, newest first where several could match.
-const SERIES: &[(&str, &str)] = &[("6.1", "bookworm"), ("6.12", "trixie"), ("7.2", "sid")];
+/// The kernel series vanish knows and the Debian suite that ships each (its
+/// `linux-image-<debarch>` metapackage points at that series). bullseye keeps its modules under
+/// `lib/modules` and is the nearest shipped kernel to the 2019 hibmc report; trixie-backports
+/// carries the newest stable series.
+pub const SERIES: &[(&str, &str)] = &[
+    ("5.10", "bullseye"),
+    ("6.1", "bookworm"),
+    ("6.12", "trixie"),
+    ("7.2", "sid"),
+    ("7.3", "trixie-backports"),
+];
+
+/// The known series, for messages: `5.10 (bullseye), 6.1 (bookworm), ...`.
+pub fn known_series() -> String {
+    SERIES
+        .iter()
+        .map(|(s, suite)| format!("{s} ({suite})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks a `--debian-kernel` argument without looking anything up: a known series or a
+/// well-formed exact ABI. The error is one line naming the known series.
+pub fn check_kernel_version(version: &str, arch: Arch) -> Result<()> {
+    parse_version(version, arch).map(|_| ())
+}
 
 /// Default `version` when the caller passes an empty string or `default`.
 pub(crate) const DEFAULT_SERIES: &str = "6.12";
@@ -102,14 +125,23 @@ pub(crate) fn parse_version(version: &str, arch: Arch) -> Result<VersionSpec> {
     let bad = || {
         Error::invalid(
             format!("unsupported kernel version `{version}`"),
-            "use a series (6.1 = bookworm, 6.12 = trixie, 7.2 = sid) or an exact Debian ABI such as 6.12.57+deb13 or 6.1.0-28",
+            format!(
+                "use a series: {}; or an exact Debian ABI such as 6.12.57+deb13 or 6.1.0-28",
+                known_series()
+            ),
         )
     };
     if is_numeric_dotted(v, 2) {
-        let suites = match SERIES.iter().find(|(s, _)| *s == v) {
-            Some((_, suite)) => vec![*suite],
-            None => vec!["sid", "trixie-backports", "bookworm-backports"],
+        let Some((_, suite)) = SERIES.iter().find(|(s, _)| *s == v) else {
+            return Err(Error::invalid(
+                format!("unknown kernel series `{v}`"),
+                format!(
+                    "known series: {}; or an exact Debian ABI such as 6.12.57+deb13",
+                    known_series()
+                ),
+            ));
         };
+        let suites = vec![*suite];
         return Ok(VersionSpec::Series {
             series: v.to_string(),
             suites,
@@ -125,6 +157,7 @@ pub(crate) fn parse_version(version: &str, arch: Arch) -> Result<VersionSpec> {
             tag.trim_end_matches(|c: char| c.is_ascii_digit()),
             digits.as_str(),
         ) {
+            ("deb", "11") => vec!["bullseye"],
             ("deb", "12") => vec!["bookworm", "bookworm-backports"],
             ("deb", "13") => vec!["trixie", "trixie-backports"],
             ("deb", "14") => vec!["sid", "forky"],
@@ -133,8 +166,12 @@ pub(crate) fn parse_version(version: &str, arch: Arch) -> Result<VersionSpec> {
             _ => return Err(bad()),
         }
     } else {
-        // Old-style ABI (bookworm's 6.1.0-28).
-        vec!["bookworm", "trixie", "sid"]
+        // Old-style ABI (bookworm's 6.1.0-28, bullseye's 5.10.0-32).
+        if v.starts_with("5.10.") {
+            vec!["bullseye"]
+        } else {
+            vec!["bookworm", "trixie", "sid"]
+        }
     };
     Ok(VersionSpec::Exact {
         abi: v.to_string(),
@@ -205,7 +242,7 @@ fn resolve_abi(repo: &AptRepo, abi: &str, arch: Arch) -> Result<DebianKernelPack
                         repo.suite,
                         arch.debian()
                     ),
-                    "ask for a series (6.1, 6.12, 7.2) to get the current kernel; old ABIs disappear from the mirror after point releases",
+                    "ask for a series (see `vanish kernels`) to get the current kernel; old ABIs disappear from the mirror after point releases",
                 )
             })?;
             (base, s)
@@ -248,7 +285,10 @@ pub fn resolve_debian_kernel(
                 }
             }
             Err(first_err.unwrap_or_else(|| {
-                Error::not_found(format!("kernel {abi} not found"), "use 6.1, 6.12 or 7.2")
+                Error::not_found(
+                    format!("kernel {abi} not found"),
+                    "ask for a series instead (see `vanish kernels`)",
+                )
             }))
         }
         VersionSpec::Series { series, suites } => {
@@ -296,8 +336,8 @@ struct KernelMeta {
 ///
 /// `version`: "6.1" (bookworm), "6.12" (trixie, default; also for ""), "7.2" (sid), or an exact
 /// Debian kernel ABI such as "6.12.57+deb13" (bookworm: "6.1.0-28"). The `-unsigned` image
-/// package is preferred. The result is cached per exact package version; `modules.dep` is
-/// generated with the host's `depmod`.
+/// package is preferred. The result is cached per exact package version. No `modules.dep` is
+/// generated: the initramfs builder reads dependencies from the modules (see `modinfo`).
 pub fn provision_debian_kernel(cache: &Cache, arch: Arch, version: &str) -> Result<GuestKernel> {
     let pkg = resolve_debian_kernel(cache, arch, version)?;
     let entry = cache.root.join("kernels").join(arch.debian()).join(format!(
@@ -379,7 +419,6 @@ fn build_kernel_entry(cache: &Cache, pkg: &DebianKernelPackage, tmp: &Path) -> R
             "report this: the Debian package layout changed",
         )
     })?;
-    run_depmod(&modules_root, &release, tmp)?;
     let rel = |p: &Path| {
         p.strip_prefix(tmp)
             .map(Path::to_path_buf)
@@ -432,23 +471,6 @@ fn find_image(root: &Path, modules_root: &Path, release: &str) -> Option<PathBuf
     ]
     .into_iter()
     .find(|p| p.is_file())
-}
-
-/// Run the host's `depmod -b <modules_root> <release>` with no host configuration, so that
-/// `modules.dep` exists next to the modules.
-pub(crate) fn run_depmod(modules_root: &Path, release: &str, scratch: &Path) -> Result<()> {
-    let depmod = util::require_tool("depmod", "kmod")?;
-    let conf = scratch.join("depmod.d");
-    util::create_dir_all(&conf)?;
-    let mut cmd = Command::new(depmod);
-    cmd.arg("-b")
-        .arg(modules_root)
-        .arg("-C")
-        .arg(&conf)
-        .arg(release);
-    let r = util::run(&mut cmd, "install a newer kmod, or check the module tree");
-    let _ = fs::remove_dir(&conf);
-    r.map(|_| ())
 }
 
 /// Use a kernel you built yourself.
@@ -702,7 +724,21 @@ mod tests {
                 suites: vec!["sid"]
             }
         );
-        assert!(matches!(s("7.3"), VersionSpec::Series { suites, .. } if suites[0] == "sid"));
+        assert!(
+            matches!(s("7.3"), VersionSpec::Series { suites, .. } if suites == ["trixie-backports"])
+        );
+        assert!(matches!(s("5.10"), VersionSpec::Series { suites, .. } if suites == ["bullseye"]));
+        let e = parse_version("4.19", Arch::Aarch64)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown kernel series `4.19`"), "{e}");
+        assert!(
+            e.contains("5.10 (bullseye)") && e.contains("7.3 (trixie-backports)"),
+            "{e}"
+        );
+        assert!(
+            matches!(s("5.10.0-32"), VersionSpec::Exact { suites, .. } if suites == ["bullseye"])
+        );
     }
 
     #[test]
