@@ -1,10 +1,12 @@
 //! vanish's orchestration: the card server process (`vanish serve`), its control socket, QEMU
 //! and QMP, the guest agent, the scenario runner, splat detection and reports.
 
+pub mod accel;
 pub mod agent;
 pub mod control;
 pub mod ctl;
 pub mod guest;
+pub mod kconfig;
 pub mod output;
 pub mod pattern;
 pub mod qemu;

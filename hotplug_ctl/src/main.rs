@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use device::ModelKind;
+use hotplug_ctl::accel::{self, AccelChoice};
 use hotplug_ctl::exit;
 use hotplug_ctl::runner::{self, KernelChoice, RunConfig};
 use hotplug_ctl::scenario::{self, Removal, Scenario};
@@ -32,6 +33,18 @@ enum Cmd {
     Serve(ServeArgs),
     /// List the built-in scenarios.
     List,
+    /// Print the kernel config fragment a vanish guest needs, or apply it to a build directory.
+    Kconfig(hotplug_ctl::kconfig::KconfigArgs),
+    /// List the Debian kernel series vanish knows, the newest version of each, and which are
+    /// cached.
+    Kernels {
+        /// Guest architecture.
+        #[arg(long, default_value = "aarch64")]
+        arch: Arch,
+        /// Do not look the newest versions up (no network): only the series and the cache.
+        #[arg(long)]
+        offline: bool,
+    },
     /// Control a running card: status, dead, alive, screenshot PATH, crash; with --qmp also
     /// unplug hot-unplug|surprise|server-crash and replug --socket PATH.
     Ctl {
@@ -81,9 +94,29 @@ struct RunArgs {
     /// Modules for --kernel: an INSTALL_MOD_PATH tree (holding lib/modules/RELEASE).
     #[arg(long, requires = "kernel")]
     modules: Option<PathBuf>,
-    /// A Debian kernel: 6.1 (bookworm), 6.12 (trixie), 7.2 (sid) or an exact ABI like 6.12.57+deb13.
+    /// A Debian kernel: 5.10 (bullseye), 6.1 (bookworm), 6.12 (trixie), 7.2 (sid), 7.3
+    /// (trixie-backports), or an exact ABI like 6.12.57+deb13 (see `vanish kernels`).
     #[arg(long, default_value = "6.12")]
     debian_kernel: String,
+    /// Accelerator: kvm where /dev/kvm works and the guest is the host's architecture (auto),
+    /// always kvm (fail otherwise), or always tcg.
+    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+    accel: AccelChoice,
+    /// Guest CPUs.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    cpus: u32,
+    /// Guest memory, e.g. 1G or 2048M.
+    #[arg(long, default_value = "1G", value_parser = parse_memory)]
+    memory: u32,
+    /// An extra QEMU argument, appended as given (repeatable: --qemu-opt=-s --qemu-opt=-S).
+    #[arg(long = "qemu-opt", value_name = "ARG", allow_hyphen_values = true)]
+    qemu_opts: Vec<String>,
+    /// Print the exact QEMU and card-server command lines; start nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Stream the guest's console to stderr while it runs.
+    #[arg(long)]
+    console: bool,
     /// Where to write report.json, console.log, screenshot.png.
     #[arg(long, default_value = "vanish-out")]
     out: PathBuf,
@@ -122,6 +155,18 @@ struct ServeArgs {
     /// Control socket for `vanish ctl` (created mode 0600).
     #[arg(long)]
     control: Option<PathBuf>,
+}
+
+/// Guest memory in MiB: 128 MiB to 64 GiB.
+fn parse_memory(s: &str) -> Result<u32, String> {
+    let bytes = parse_size(s)?;
+    let mib = bytes >> 20;
+    if bytes % (1 << 20) != 0 || !(128..=65536).contains(&mib) {
+        return Err(format!(
+            "'{s}' is not a whole number of MiB from 128M to 64G"
+        ));
+    }
+    Ok(mib as u32)
 }
 
 /// Sizes like 33554432, 0x2000000, 32M, 32MiB, 1G.
@@ -177,6 +222,7 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> i32 {
     match cli.command {
         Cmd::Run(args) => cmd_run(args).await,
+        Cmd::Kconfig(args) => hotplug_ctl::kconfig::run(args),
         Cmd::List => {
             println!("{:<26} DESCRIPTION", "SCENARIO");
             println!("{:<26} the driver binds, draws fbcon (hibmc: EDID modes, vblank IRQs); always run first", "boot");
@@ -185,6 +231,7 @@ async fn dispatch(cli: Cli) -> i32 {
             }
             exit::PASS
         }
+        Cmd::Kernels { arch, offline } => cmd_kernels(arch, offline).await,
         Cmd::Serve(args) => {
             let cfg = ServeConfig {
                 model: args.card.model,
@@ -232,7 +279,72 @@ async fn dispatch(cli: Cli) -> i32 {
     }
 }
 
+/// `vanish kernels`: the known series, the newest Debian version of each, what is cached.
+async fn cmd_kernels(arch: Arch, offline: bool) -> i32 {
+    let rows = tokio::task::spawn_blocking(move || -> Result<Vec<[String; 4]>> {
+        let cache = images::Cache::from_env()?;
+        let cached = images::cached_kernels(&cache, arch);
+        let mut rows = Vec::new();
+        for (series, suite) in images::SERIES {
+            let newest = if offline {
+                "-".to_string()
+            } else {
+                match images::resolve_debian_kernel(&cache, arch, series) {
+                    Ok(p) => format!("{} ({})", p.abi, p.version),
+                    Err(e) => format!("unavailable: {e}"),
+                }
+            };
+            let here: Vec<&str> = cached
+                .iter()
+                .filter(|release| release.starts_with(&format!("{series}.")))
+                .map(String::as_str)
+                .collect();
+            rows.push([
+                series.to_string(),
+                suite.to_string(),
+                newest,
+                if here.is_empty() {
+                    "-".into()
+                } else {
+                    here.join(", ")
+                },
+            ]);
+        }
+        Ok(rows)
+    })
+    .await;
+    match rows {
+        Ok(Ok(rows)) => {
+            println!(
+                "{:<6} {:<17} {:<36} CACHED ({})",
+                "SERIES",
+                "SUITE",
+                "NEWEST",
+                arch.debian()
+            );
+            for [a, b, c, d] in rows {
+                println!("{a:<6} {b:<17} {c:<36} {d}");
+            }
+            exit::PASS
+        }
+        Ok(Err(e)) => {
+            eprintln!("vanish kernels: {e:#}");
+            exit::SKIP
+        }
+        Err(e) => {
+            eprintln!("vanish kernels: {e}");
+            exit::SKIP
+        }
+    }
+}
+
 async fn cmd_run(args: RunArgs) -> i32 {
+    if args.kernel.is_none() {
+        if let Err(e) = images::check_kernel_version(&args.debian_kernel, args.arch) {
+            eprintln!("vanish: --debian-kernel: {e}");
+            return exit::USAGE;
+        }
+    }
     let kernel = match args.kernel {
         Some(image) => {
             if !image.is_file() {
@@ -287,7 +399,15 @@ async fn cmd_run(args: RunArgs) -> i32 {
         bind_timeout: Duration::from_secs(60),
         append: args.append,
         scenarios,
+        accel: args.accel,
+        cpus: args.cpus,
+        memory_mib: args.memory,
+        qemu_opts: args.qemu_opts,
+        stream_console: args.console,
     };
+    if args.dry_run {
+        return dry_run(&cfg);
+    }
     match runner::run(cfg).await {
         Ok(report) => {
             print!("{}", report.table());
@@ -307,6 +427,42 @@ async fn cmd_run(args: RunArgs) -> i32 {
             exit::SKIP
         }
     }
+}
+
+/// `--dry-run`: the command lines, with what provisioning would supply named in `<...>`.
+fn dry_run(cfg: &RunConfig) -> i32 {
+    let decision = match accel::decide(
+        cfg.accel,
+        Arch::host(),
+        cfg.arch,
+        &accel::probe_kvm(std::path::Path::new("/dev/kvm")),
+    ) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("vanish: {e}");
+            return exit::SKIP;
+        }
+    };
+    if let Some(why) = &decision.why {
+        eprintln!("vanish: {why}");
+    }
+    let kernel = match &cfg.kernel {
+        KernelChoice::User { image, .. } => image.clone(),
+        KernelChoice::Debian(v) => {
+            PathBuf::from(format!("<Debian {v} kernel for {}>", cfg.arch.debian()))
+        }
+    };
+    print!(
+        "{}",
+        runner::dry_run(
+            cfg,
+            decision.accel,
+            cfg.arch.qemu_system(),
+            &kernel,
+            std::path::Path::new("<initramfs built at run time>"),
+        )
+    );
+    exit::PASS
 }
 
 #[cfg(test)]

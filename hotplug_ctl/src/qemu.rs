@@ -11,6 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 
+use crate::accel::{self, Accel};
 use crate::guest::AGENT_PORT;
 
 /// The QEMU id of the card and of the hotplug-capable root port it sits on.
@@ -31,6 +32,11 @@ pub struct VmConfig {
     pub agent_socket: PathBuf,
     /// The card's vfio-user socket, cold-plugged at boot; None boots with an empty slot.
     pub card_socket: Option<PathBuf>,
+    pub accel: Accel,
+    /// The user's `--qemu-opt` arguments, appended as given.
+    pub extra_args: Vec<String>,
+    /// Copy every console line to stderr as it arrives (`--console`).
+    pub stream_console: bool,
 }
 
 /// QEMU's command line (after the program and its prefix arguments).
@@ -50,13 +56,16 @@ pub fn args(cfg: &VmConfig) -> Vec<String> {
         ]),
         Arch::Aarch64 => push(&[
             "-machine",
-            "virt,gic-version=3,memory-backend=mem",
-            // pauth-impdef: the architected pointer-auth algorithm is very slow under TCG.
-            "-cpu",
-            "max,pauth-impdef=on",
+            match cfg.accel {
+                Accel::Tcg => "virt,gic-version=3,memory-backend=mem",
+                // Under KVM the GIC must be the host's own version.
+                Accel::Kvm => "virt,gic-version=host,memory-backend=mem",
+            },
         ]),
     }
-    push(&["-accel", "tcg", "-m", &mem, "-smp", &cfg.cpus.to_string()]);
+    a.extend(accel::qemu_args(cfg.accel, cfg.arch));
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    push(&["-m", &mem, "-smp", &cfg.cpus.to_string()]);
     push(&[
         "-object",
         &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
@@ -115,6 +124,7 @@ pub fn args(cfg: &VmConfig) -> Vec<String> {
         "-append",
         &append,
     ]);
+    a.extend(cfg.extra_args.iter().cloned());
     a
 }
 
@@ -210,6 +220,7 @@ impl Vm {
             .await
             .with_context(|| format!("opening {}", console_log.display()))?;
         let sink = Arc::clone(&console);
+        let stream = cfg.stream_console;
         let reader = tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).split(b'\n');
             while let Ok(Some(raw)) = lines.next_segment().await {
@@ -218,6 +229,9 @@ impl Vm {
                 let line = String::from_utf8_lossy(&raw)
                     .trim_end_matches('\r')
                     .to_string();
+                if stream {
+                    eprintln!("{line}");
+                }
                 sink.push(line);
             }
             let _ = file.flush().await;

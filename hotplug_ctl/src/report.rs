@@ -70,6 +70,9 @@ pub struct Report {
     pub kernel_image: PathBuf,
     pub arch: String,
     pub model: String,
+    /// `kvm` or `tcg`: what the guest ran under (empty if it never booted).
+    #[serde(default)]
+    pub accel: String,
     pub console_log: PathBuf,
     pub duration_s: f64,
     pub scenarios: Vec<ScenarioReport>,
@@ -109,10 +112,19 @@ impl Report {
 
     /// A short human-readable table, then each splat with its call trace.
     pub fn table(&self) -> String {
-        let mut out = format!(
-            "vanish {} · {} on {} ({}) · QEMU {}\n",
-            self.vanish_version, self.model, self.kernel, self.arch, self.qemu_version
-        );
+        // Only what is known: a run that stopped before provisioning names no kernel or QEMU.
+        let mut head = vec![format!("vanish {}", self.vanish_version)];
+        head.push(match self.kernel.as_str() {
+            "" => format!("{} ({})", self.model, self.arch),
+            k => format!("{} on {k} ({})", self.model, self.arch),
+        });
+        if !self.qemu_version.is_empty() {
+            head.push(format!("QEMU {}", self.qemu_version));
+        }
+        if !self.accel.is_empty() {
+            head.push(self.accel.to_uppercase());
+        }
+        let mut out = head.join(" · ") + "\n";
         out += &format!(
             "{:<28} {:<7} {:<10} {:<14} {:>6} {:>8}\n",
             "SCENARIO", "VERDICT", "DRIVER", "PCI", "SPLATS", "TIME"

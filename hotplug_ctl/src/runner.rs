@@ -10,6 +10,7 @@ use device::ModelKind;
 use images::{Arch, Cache, GuestKernel, InitramfsSpec, Qemu};
 use tokio::process::{Child, Command};
 
+use crate::accel::{self, Accel, AccelChoice};
 use crate::agent::Agent;
 use crate::control::{self, Reply, Request};
 use crate::qemu::{Vm, VmConfig};
@@ -50,11 +51,35 @@ pub struct RunConfig {
     /// Scenarios to run after the boot checks, in one boot (a scenario that does not pass
     /// gets a fresh boot before the next one).
     pub scenarios: Vec<Scenario>,
+    /// `--accel`: KVM, TCG, or KVM where it works.
+    pub accel: AccelChoice,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    /// `--qemu-opt` arguments, appended to QEMU's command line as given.
+    pub qemu_opts: Vec<String>,
+    /// `--console`: stream the guest console to stderr.
+    pub stream_console: bool,
 }
 
-/// Rig failures: the kernel was not judged.
+/// What every boot of a run uses: provisioned once, the accelerator possibly downgraded once.
+pub struct Rig {
+    pub qemu: Qemu,
+    pub kernel: GuestKernel,
+    pub initrd: PathBuf,
+    pub accel: Accel,
+}
+
+/// KVM could not run the guest (QEMU stopped with an internal error, or exited at once).
 #[derive(Debug)]
-pub struct RigError(pub anyhow::Error);
+struct KvmFailure(String);
+
+impl std::fmt::Display for KvmFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KVM could not run the guest: {}", self.0)
+    }
+}
+
+impl std::error::Error for KvmFailure {}
 
 /// A `vanish serve` child process for one card.
 pub struct CardServer {
@@ -75,22 +100,7 @@ impl CardServer {
         let control = dir.join(format!("card{generation}.ctl"));
         let exe = std::env::current_exe().context("finding the vanish executable")?;
         let mut cmd = Command::new(exe);
-        cmd.arg("serve")
-            .arg("--model")
-            .arg(cfg.model.name())
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--control")
-            .arg(&control);
-        if let Some(size) = cfg.vram_size {
-            cmd.arg("--vram-size").arg(size.to_string());
-        }
-        if let Some(edid) = &cfg.edid {
-            cmd.arg("--edid").arg(edid);
-        }
-        if cfg.no_monitor {
-            cmd.arg("--no-monitor");
-        }
+        cmd.args(Self::args(cfg, &socket, &control));
         let logfile = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -126,6 +136,29 @@ impl CardServer {
             socket,
             control,
         })
+    }
+
+    /// The `vanish serve` arguments for `cfg`'s card on these sockets.
+    pub fn args(cfg: &RunConfig, socket: &Path, control: &Path) -> Vec<std::ffi::OsString> {
+        let mut a: Vec<std::ffi::OsString> = vec![
+            "serve".into(),
+            "--model".into(),
+            cfg.model.name().into(),
+            "--socket".into(),
+            socket.into(),
+            "--control".into(),
+            control.into(),
+        ];
+        if let Some(size) = cfg.vram_size {
+            a.extend(["--vram-size".into(), size.to_string().into()]);
+        }
+        if let Some(edid) = &cfg.edid {
+            a.extend(["--edid".into(), edid.into()]);
+        }
+        if cfg.no_monitor {
+            a.push("--no-monitor".into());
+        }
+        a
     }
 
     pub async fn request(&self, request: &Request) -> Result<Reply> {
@@ -417,7 +450,7 @@ fn print_step(msg: &str) {
 }
 
 /// Provisions QEMU, the kernel and the initramfs for `cfg` (blocking work, off the runtime).
-async fn provision(cfg: &RunConfig, dir: &Path) -> Result<(Qemu, GuestKernel, PathBuf)> {
+async fn provision(cfg: &RunConfig, dir: &Path, accel: Accel) -> Result<Rig> {
     let cfg = cfg.clone();
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || -> Result<_> {
@@ -458,7 +491,14 @@ async fn provision(cfg: &RunConfig, dir: &Path) -> Result<(Qemu, GuestKernel, Pa
             &cache,
             &InitramfsSpec { kernel: &kernel, modules: &wanted, init: crate::guest::INIT, files: &files },
         )?;
-        if initramfs.missing_modules.iter().any(|m| m == driver) {
+        // No modules tree (a kernel built with the drivers in): the image itself says whether
+        // the driver is there; with a tree, modules.builtin and the modules have said it.
+        let in_image = || {
+            let name = format!("{}\0", cfg.model.linux_driver());
+            images::image_contains(&kernel.image, name.as_bytes()).unwrap_or(false)
+        };
+        let no_tree = kernel.modules_root.as_os_str().is_empty();
+        if initramfs.missing_modules.iter().any(|m| m == driver) && !(no_tree && in_image()) {
             bail!(
                 "kernel {} has no {} driver (neither built in nor as a module): it cannot drive a {} card",
                 kernel.release,
@@ -466,65 +506,135 @@ async fn provision(cfg: &RunConfig, dir: &Path) -> Result<(Qemu, GuestKernel, Pa
                 cfg.model.name()
             );
         }
-        Ok((qemu, kernel, initramfs.path))
+        Ok(Rig { qemu, kernel, initrd: initramfs.path, accel })
     })
     .await?
 }
 
-/// Boots the guest with a cold-plugged card; returns once the agent answers.
-async fn boot(
+/// The VM configuration of one boot in `dir`.
+fn vm_config(
     cfg: &RunConfig,
-    qemu: &Qemu,
-    kernel: &GuestKernel,
-    initrd: &Path,
-) -> Result<Session> {
+    rig_paths: (&Path, &Path),
+    accel: Accel,
+    dir: &Path,
+    card_socket: PathBuf,
+) -> VmConfig {
+    VmConfig {
+        arch: cfg.arch,
+        kernel: rig_paths.0.to_path_buf(),
+        initrd: rig_paths.1.to_path_buf(),
+        append: cfg.append.clone(),
+        memory_mib: cfg.memory_mib,
+        cpus: cfg.cpus,
+        qmp_socket: dir.join("qmp.sock"),
+        agent_socket: dir.join("agent.sock"),
+        card_socket: Some(card_socket),
+        accel,
+        extra_args: cfg.qemu_opts.clone(),
+        stream_console: cfg.stream_console,
+    }
+}
+
+/// The exact command lines a run would start, for `--dry-run`: nothing is provisioned or
+/// started. `qemu`, `kernel` and `initrd` name what provisioning would supply.
+pub fn dry_run(cfg: &RunConfig, accel: Accel, qemu: &str, kernel: &Path, initrd: &Path) -> String {
+    let dir = std::env::temp_dir().join("vanish-XXXXXX");
+    let socket = dir.join("card0.sock");
+    let control = dir.join("card0.ctl");
+    let server = std::iter::once(std::ffi::OsString::from("vanish"))
+        .chain(CardServer::args(cfg, &socket, &control));
+    let vm = vm_config(cfg, (kernel, initrd), accel, &dir, socket.clone());
+    let qemu_line = std::iter::once(std::ffi::OsString::from(qemu))
+        .chain(crate::qemu::args(&vm).into_iter().map(Into::into));
+    format!(
+        "card server: {}\nqemu: {}\n",
+        shell_line(server),
+        shell_line(qemu_line)
+    )
+}
+
+/// A command line as a shell would need it typed.
+fn shell_line(words: impl Iterator<Item = std::ffi::OsString>) -> String {
+    words
+        .map(|w| {
+            let w = w.to_string_lossy().into_owned();
+            // shlex's quoting rather than our own: it knows every character a POSIX shell
+            // treats specially.
+            shlex::try_quote(&w).map(|q| q.into_owned()).unwrap_or(w)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Boots the guest, falling back from KVM to TCG once under `--accel auto`.
+async fn boot_rig(cfg: &RunConfig, rig: &mut Rig) -> Result<Session> {
+    match boot(cfg, rig).await {
+        Err(e) if rig.accel == Accel::Kvm && e.downcast_ref::<KvmFailure>().is_some() => {
+            if cfg.accel != AccelChoice::Auto {
+                return Err(e);
+            }
+            print_step(&format!("{e}; falling back to TCG"));
+            rig.accel = Accel::Tcg;
+            boot(cfg, rig).await
+        }
+        other => other,
+    }
+}
+
+/// Boots the guest with a cold-plugged card; returns once the agent answers.
+async fn boot(cfg: &RunConfig, rig: &Rig) -> Result<Session> {
     let dir = tempfile::Builder::new()
         .prefix("vanish-")
         .tempdir()
         .context("creating a temp dir")?;
     let server = CardServer::start(cfg, dir.path(), 0, &cfg.out.join("server.log")).await?;
-    let vm_cfg = VmConfig {
-        arch: cfg.arch,
-        kernel: kernel.image.clone(),
-        initrd: initrd.to_path_buf(),
-        append: cfg.append.clone(),
-        memory_mib: 1024,
-        cpus: 2,
-        qmp_socket: dir.path().join("qmp.sock"),
-        agent_socket: dir.path().join("agent.sock"),
-        card_socket: Some(server.socket.clone()),
-    };
+    let vm_cfg = vm_config(
+        cfg,
+        (&rig.kernel.image, &rig.initrd),
+        rig.accel,
+        dir.path(),
+        server.socket.clone(),
+    );
+    let kernel = &rig.kernel;
     print_step(&format!(
-        "booting {} ({}) with a {} card",
+        "booting {} ({}, {}) with a {} card",
         kernel.release,
-        cfg.arch.debian(),
+        cfg.arch,
+        rig.accel,
         cfg.model.name()
     ));
     let mut vm = Vm::start(
-        qemu,
+        &rig.qemu,
         &vm_cfg,
         &cfg.out.join("console.log"),
         &cfg.out.join("qemu.log"),
     )
     .await?;
+    let qemu_log = || std::fs::read_to_string(cfg.out.join("qemu.log")).unwrap_or_default();
     let qmp = Qmp::connect(&vm_cfg.qmp_socket, Duration::from_secs(20)).await;
-    let qmp = match qmp {
+    let mut qmp = match qmp {
         Ok(q) => q,
+        Err(e) if rig.accel == Accel::Kvm => {
+            return Err(KvmFailure(format!(
+                "QEMU did not come up ({e:#}): {}",
+                qemu_log().trim()
+            ))
+            .into())
+        }
         Err(e) => {
-            let qemu_log = std::fs::read_to_string(cfg.out.join("qemu.log")).unwrap_or_default();
-            bail!("QEMU did not come up: {e:#}\n{}", qemu_log.trim_end());
+            bail!("QEMU did not come up: {e:#}\n{}", qemu_log().trim_end());
         }
     };
     let mut agent = Agent::connect(&vm_cfg.agent_socket, Duration::from_secs(10)).await?;
     let started = Instant::now();
+    let kvm = rig.accel == Accel::Kvm;
     let ready = tokio::select! {
         r = agent.run("uname -r", cfg.boot_timeout) => r,
-        _ = async { loop { if vm.exited().is_some() { break; } tokio::time::sleep(Duration::from_millis(200)).await; } } => {
-            Err(anyhow!("QEMU exited during boot"))
-        }
+        e = watch_boot(&mut vm, &mut qmp, kvm) => Err(e),
     };
     let release = match ready {
         Ok(out) => out.stdout.trim().to_string(),
+        Err(e) if e.downcast_ref::<KvmFailure>().is_some() => return Err(e),
         Err(e) => bail!(
             "the guest did not come up: {e:#}; last console lines:\n{}",
             vm.console.tail(15)
@@ -553,6 +663,29 @@ async fn boot(
         drm_node: None,
         fb_node: None,
     })
+}
+
+/// Resolves only when the boot cannot succeed: QEMU exited, or (under KVM) QEMU stopped the
+/// guest with an internal error, as KVM does when it cannot emulate an instruction.
+async fn watch_boot(vm: &mut Vm, qmp: &mut Qmp, kvm: bool) -> anyhow::Error {
+    loop {
+        if let Some(status) = vm.exited() {
+            if kvm {
+                return KvmFailure(format!("QEMU exited during boot ({status})")).into();
+            }
+            return anyhow!("QEMU exited during boot ({status})");
+        }
+        if kvm {
+            if let Ok(state) = qmp.execute("query-status", serde_json::json!({})).await {
+                let status = state.get("status").and_then(|s| s.as_str()).unwrap_or("");
+                if matches!(status, "internal-error" | "guest-panicked" | "shutdown") {
+                    let tail = vm.console.tail(3);
+                    return KvmFailure(format!("QEMU stopped the guest ({status}); {tail}")).into();
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// The `boot` scenario: the driver binds to our card, draws fbcon, (hibmc) takes vblank IRQs.
@@ -706,6 +839,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
         kernel_image: PathBuf::new(),
         arch: cfg.arch.debian().to_string(),
         model: cfg.model.name().to_string(),
+        accel: String::new(),
         console_log: cfg.out.join("console.log"),
         duration_s: 0.0,
         scenarios: Vec::new(),
@@ -715,11 +849,22 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
         .prefix("vanish-initrd-")
         .tempdir()?;
     let result: Result<()> = async {
-        let (qemu, kernel, initrd) = provision(&cfg, work.path()).await?;
-        report.qemu_version = qemu.version.clone();
-        report.kernel = kernel.release.clone();
-        report.kernel_image = kernel.image.clone();
-        let mut session = boot(&cfg, &qemu, &kernel, &initrd).await?;
+        let decision = accel::decide(
+            cfg.accel,
+            Arch::host(),
+            cfg.arch,
+            &accel::probe_kvm(Path::new("/dev/kvm")),
+        )
+        .map_err(|e| anyhow!(e))?;
+        if let Some(why) = &decision.why {
+            print_step(why);
+        }
+        let mut rig = provision(&cfg, work.path(), decision.accel).await?;
+        report.qemu_version = rig.qemu.version.clone();
+        report.kernel = rig.kernel.release.clone();
+        report.kernel_image = rig.kernel.image.clone();
+        let mut session = boot_rig(&cfg, &mut rig).await?;
+        report.accel = rig.accel.to_string();
         report.kernel = session.kernel_release.clone();
         let boot_report = scenario_boot(&mut session).await;
         // Splats alone do not call for a fresh boot (a tainted kernel still runs the next
@@ -736,7 +881,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
             if !healthy || session.agent_stuck {
                 print_step("fresh boot after a scenario that did not pass");
                 shutdown(session).await;
-                session = boot(&cfg, &qemu, &kernel, &initrd).await?;
+                session = boot_rig(&cfg, &mut rig).await?;
                 session.adopt_card(cfg.bind_timeout).await?;
             }
             let result = run_scenario(&mut session, scenario).await;

@@ -370,6 +370,23 @@ pub fn provision_debian_kernel(cache: &Cache, arch: Arch, version: &str) -> Resu
     Ok(kernel)
 }
 
+/// Releases (`uname -r`) of the Debian kernels for `arch` already in the cache.
+pub fn cached_kernels(cache: &Cache, arch: Arch) -> Vec<String> {
+    let dir = cache.root.join("kernels").join(arch.debian());
+    let Ok(rd) = fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = rd
+        .flatten()
+        .filter_map(|e| {
+            let text = fs::read_to_string(e.path().join("kernel.json")).ok()?;
+            Some(serde_json::from_str::<KernelMeta>(&text).ok()?.release)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 fn build_kernel_entry(cache: &Cache, pkg: &DebianKernelPackage, tmp: &Path) -> Result<()> {
     let repo = AptRepo::open(cache, &pkg.suite, pkg.arch.debian())?;
     let names: Vec<&str> = pkg.packages.iter().map(|(n, _)| n.as_str()).collect();
@@ -588,6 +605,16 @@ pub fn user_kernel(arch: Arch, image: &Path, modules: Option<&Path>) -> Result<G
         modules_root,
         package_version: "local".into(),
     })
+}
+
+/// Whether a kernel image (decompressed if need be) contains `needle`: a built-in driver's
+/// name (`hibmc-drm\0`, its `struct pci_driver` name) is in the image's read-only data, which
+/// tells a kernel without a modules tree that has the driver built in from one that lacks it.
+pub fn image_contains(image: &Path, needle: &[u8]) -> Result<bool> {
+    let data = fs::read(image).ctx(at("cannot read kernel image", image))?;
+    let dec = decompress_image(&data);
+    let d = dec.as_deref().unwrap_or(&data);
+    Ok(!needle.is_empty() && d.windows(needle.len()).any(|w| w == needle))
 }
 
 /// Largest decompressed kernel image we accept.
@@ -902,6 +929,8 @@ mod tests {
             .to_string();
         assert!(e.contains("x86_64"), "{e}");
         assert!(user_kernel(Arch::X86_64, &dir.path().join("nope"), None).is_err());
+        assert!(image_contains(&img, b"6.12.0-vanish (").unwrap());
+        assert!(!image_contains(&img, b"hibmc-drm\0").unwrap());
         let k = user_kernel(Arch::X86_64, &bz, None).unwrap();
         assert_eq!(k.release, "6.12.0");
         assert_eq!(k.modules_root, PathBuf::new());

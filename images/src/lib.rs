@@ -22,6 +22,7 @@
 //! <cache>/kernels/<debarch>/<image package>_<version>/{root,kernel.json}
 //! <cache>/busybox/<debarch>/<version>/busybox
 //! <cache>/initramfs/<input hash>/{initramfs.cpio.gz,initramfs.json}
+//! <cache>/kernel-source/linux-source-<series>_<version>/linux-source-<series>/
 //! ```
 
 mod apt;
@@ -29,18 +30,24 @@ mod cpio;
 mod error;
 mod initramfs;
 mod kernel;
+mod modinfo;
 mod qemu;
+mod source;
 mod util;
+
+pub mod kernel_tree;
 
 use std::path::PathBuf;
 
 pub use error::{Error, Result};
 pub use initramfs::{build_initramfs, provision_busybox, Busybox, Initramfs, InitramfsSpec};
 pub use kernel::{
-    kernel_release_from_image, provision_debian_kernel, resolve_debian_kernel, user_kernel,
-    DebianKernelPackage, GuestKernel,
+    cached_kernels, check_kernel_version, image_contains, kernel_release_from_image, known_series,
+    provision_debian_kernel, resolve_debian_kernel, user_kernel, DebianKernelPackage, GuestKernel,
+    SERIES,
 };
 pub use qemu::{provision_qemu, Qemu};
+pub use source::{provision_kernel_source, KernelSource};
 
 /// A guest (or host) CPU architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -309,6 +309,9 @@ impl Clients {
                 .and_then(|o| o.get_str("state"));
             match (state.as_deref(), c.exit) {
                 (Some("ready" | "running"), _) => break (0, String::new()),
+                // A failed client writes its state, then exits: wait for the exit, so that the
+                // report that follows has the exit code.
+                (Some("failed"), None) if Instant::now() < deadline => thread::sleep(POLL),
                 (Some("failed"), _) => break (1, "failed".to_string()),
                 (_, Some(exit)) => {
                     break (
