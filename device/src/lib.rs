@@ -2,8 +2,8 @@
 //!
 //! A card implements [`DeviceModel`]: its config space, its BARs and what happens when they are
 //! read and written, its interrupts and its reset. The model knows nothing about sockets or
-//! QEMU, so unit tests drive it directly; [`server`] adapts any model to the rust-vmm
-//! `vfio_user::Server`, and [`Card`] holds the state both sides share (the model, the "dead" switch
+//! QEMU, so unit tests drive it directly; [`transport`] serves any model to QEMU over vfio-user
+//! and [`Card`] holds the state both sides share (the model, the "dead" switch
 //! used for surprise removal, and the interrupt eventfds QEMU handed over).
 
 pub mod bochs;
@@ -11,13 +11,14 @@ pub mod edid;
 pub mod hibmc;
 pub mod i2c;
 pub mod server;
+pub mod transport;
 
 use std::time::Duration;
 
 use pci_config::{BarSpec, BarType, ConfigSpace, PciIdentity};
 use vram_bar::{Scanout, Vram};
 
-pub use server::{Card, CardStats, Server, ServerError};
+pub use server::{Card, CardStats, Server, ServerError, StopHandle};
 
 /// Which card to emulate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
