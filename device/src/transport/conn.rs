@@ -578,6 +578,8 @@ impl Connection {
                 break;
             };
             if !header.size_is_sane() {
+                // Nothing past this header can be framed; the replies before it still go out.
+                let _ = self.flush();
                 return Err(Closed::Framing(header));
             }
             let size = header.size as usize;
