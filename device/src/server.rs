@@ -265,13 +265,7 @@ impl Server {
     /// Serves clients one after the other until `stop` is set (checked at least every 100 ms)
     /// or [`StopHandle::stop`] is called. Returns an error when the listening socket fails.
     pub fn serve(&self, stop: &AtomicBool) -> Result<(), ServerError> {
-        crate::transport::event_loop::run(
-            &self.card,
-            Some(&self.listener),
-            None,
-            &self.stop,
-            stop,
-        )
+        crate::transport::event_loop::run(&self.card, Some(&self.listener), None, &self.stop, stop)
     }
 
     /// Serves one already-connected client (e.g. one end of a socketpair) with the same loop,

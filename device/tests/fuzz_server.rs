@@ -72,25 +72,57 @@ impl Gen {
                 let odd = r.below(300) as u32;
                 (7, r.below(4200), r.pick(&[1, 2, 4, 8, 1, 2, 4, odd]))
             }
-            5..=7 => (self.mmio, r.below(self.mmio_size + 16) & !3, r.pick(&[1, 2, 4, 8])),
+            5..=7 => (
+                self.mmio,
+                r.below(self.mmio_size + 16) & !3,
+                r.pick(&[1, 2, 4, 8]),
+            ),
             8 => (0, r.below(self.vram_size + 64), r.below(64) as u32),
-            _ => (r.below(12) as u32, r.next() >> r.below(64), r.below(16) as u32),
+            _ => (
+                r.below(12) as u32,
+                r.next() >> r.below(64),
+                r.below(16) as u32,
+            ),
         };
-        let data = if command == cmd::REGION_WRITE { r.bytes(count as usize) } else { Vec::new() };
+        let data = if command == cmd::REGION_WRITE {
+            r.bytes(count as usize)
+        } else {
+            Vec::new()
+        };
         (command, wire::region_access(offset, region, count, &data))
     }
 
     fn set_irqs(&mut self) -> (Vec<u8>, Vec<RawFd>) {
         let r = &mut self.rng;
-        let data_type = r.pick(&[irq_set::DATA_NONE, irq_set::DATA_BOOL, irq_set::DATA_EVENTFD, 3, 0]);
-        let action = r.pick(&[irq_set::ACTION_TRIGGER, irq_set::ACTION_MASK, irq_set::ACTION_UNMASK, 0]);
+        let data_type = r.pick(&[
+            irq_set::DATA_NONE,
+            irq_set::DATA_BOOL,
+            irq_set::DATA_EVENTFD,
+            3,
+            0,
+        ]);
+        let action = r.pick(&[
+            irq_set::ACTION_TRIGGER,
+            irq_set::ACTION_MASK,
+            irq_set::ACTION_UNMASK,
+            0,
+        ]);
         let index = r.pick(&[1, 1, 1, 0, 2, 3, 4]);
         let (start, count) = (r.below(3) as u32, r.below(3) as u32);
-        let data = if data_type == irq_set::DATA_BOOL { let n = (count as usize + r.below(2) as usize) % 4;
+        let data = if data_type == irq_set::DATA_BOOL {
+            let n = (count as usize + r.below(2) as usize) % 4;
             r.bytes(n)
-        } else { Vec::new() };
+        } else {
+            Vec::new()
+        };
         let mut p = Vec::new();
-        for v in [20 + data.len() as u32, data_type | action, index, start, count] {
+        for v in [
+            20 + data.len() as u32,
+            data_type | action,
+            index,
+            start,
+            count,
+        ] {
             p.extend_from_slice(&v.to_le_bytes());
         }
         p.extend_from_slice(&data);
@@ -138,22 +170,36 @@ impl Gen {
                 }
             }
             65..=66 => {
-                let n = if self.rng.below(2) == 0 { 0 } else { self.rng.below(16) as usize };
+                let n = if self.rng.below(2) == 0 {
+                    0
+                } else {
+                    self.rng.below(16) as usize
+                };
                 (cmd::DEVICE_RESET, self.rng.bytes(n))
             }
             67..=76 => {
                 let r = &mut self.rng;
                 let any = r.next() as u16;
-                let c = r.pick(&[0u16, 6, 11, 12, 14, 16, 17, 18, 19, 50, 100, 0x7fff, 0xffff, any]);
+                let c = r.pick(&[
+                    0u16, 6, 11, 12, 14, 16, 17, 18, 19, 50, 100, 0x7fff, 0xffff, any,
+                ]);
                 let n = r.below(256) as usize;
                 (c, r.bytes(n))
             }
             77..=79 => {
                 let r = &mut self.rng;
-                let count = r.pick(&[0x7fff_ffffu32, 0xffff_ffe0, wire::MAX_DATA_XFER + 1, u32::MAX]);
+                let count = r.pick(&[
+                    0x7fff_ffffu32,
+                    0xffff_ffe0,
+                    wire::MAX_DATA_XFER + 1,
+                    u32::MAX,
+                ]);
                 let c = r.pick(&[cmd::REGION_READ, cmd::REGION_WRITE]);
                 let extra = r.below(32) as usize;
-                (c, wire::region_access(0, r.below(10) as u32, count, &r.bytes(extra)))
+                (
+                    c,
+                    wire::region_access(0, r.below(10) as u32, count, &r.bytes(extra)),
+                )
             }
             80..=84 => {
                 let r = &mut self.rng;
@@ -161,14 +207,23 @@ impl Gen {
                 let mut p = (n + r.below(2)).to_le_bytes().to_vec();
                 for _ in 0..n {
                     let count = r.pick(&[1u32, 2, 4, 8, 9]);
-                    p.extend_from_slice(&wire::region_access(r.below(0x100), r.pick(&[7, self.mmio]), count, &r.bytes(8)));
+                    p.extend_from_slice(&wire::region_access(
+                        r.below(0x100),
+                        r.pick(&[7, self.mmio]),
+                        count,
+                        &r.bytes(8),
+                    ));
                 }
                 (cmd::REGION_WRITE_MULTI, p)
             }
             85..=86 => (cmd::VERSION, b"\0\0\0\0{}\0".to_vec()),
             _ => {
                 // A valid access with random bytes of its payload flipped.
-                let which = if self.rng.below(2) == 0 { cmd::REGION_READ } else { cmd::REGION_WRITE };
+                let which = if self.rng.below(2) == 0 {
+                    cmd::REGION_READ
+                } else {
+                    cmd::REGION_WRITE
+                };
                 let (c, mut p) = self.region_msg(which);
                 for _ in 0..1 + self.rng.below(3) {
                     let at = self.rng.below(p.len() as u64) as usize;
@@ -186,15 +241,27 @@ impl Gen {
         };
         let bytes = wire::request(id, command, fl, &payload);
         let h = Header::parse(&bytes).unwrap_or_default();
-        Msg { bytes, fds, expect: h.wants_reply().then_some(Expect { id, vendor: None }) }
+        Msg {
+            bytes,
+            fds,
+            expect: h.wants_reply().then_some(Expect { id, vendor: None }),
+        }
     }
 
     fn probe(&mut self, vendor: u16) -> Msg {
         self.id = self.id.wrapping_add(1);
         Msg {
-            bytes: wire::request(self.id, cmd::REGION_READ, 0, &wire::region_access(0, 7, 2, &[])),
+            bytes: wire::request(
+                self.id,
+                cmd::REGION_READ,
+                0,
+                &wire::region_access(0, 7, 2, &[]),
+            ),
             fds: Vec::new(),
-            expect: Some(Expect { id: self.id, vendor: Some(vendor) }),
+            expect: Some(Expect {
+                id: self.id,
+                vendor: Some(vendor),
+            }),
         }
     }
 }
@@ -216,7 +283,10 @@ fn start_session(card: &Arc<Card>, stop: &Arc<AtomicBool>) -> Session {
     let (card, stop) = (Arc::clone(card), Arc::clone(stop));
     let thread = std::thread::spawn(move || Server::serve_connection(&card, server, &stop));
     client.set_nonblocking(true).expect("nonblocking");
-    Session { stream: client, thread }
+    Session {
+        stream: client,
+        thread,
+    }
 }
 
 fn send_some(fd: RawFd, data: &[u8], fds: &[RawFd]) -> std::io::Result<usize> {
@@ -224,16 +294,29 @@ fn send_some(fd: RawFd, data: &[u8], fds: &[RawFd]) -> std::io::Result<usize> {
     if fds.is_empty() {
         // SAFETY: sends from a live slice.
         let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
-        return if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(n as usize) };
+        return if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        };
     }
     // SAFETY: borrows the fd for one call without taking ownership.
-    let stream = std::mem::ManuallyDrop::new(unsafe { <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(fd) });
-    stream.send_with_fds(&[data], fds).map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    let stream = std::mem::ManuallyDrop::new(unsafe {
+        <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    });
+    stream
+        .send_with_fds(&[data], fds)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
 }
 
 /// Sends `msgs` (in random-sized chunks, so headers split across writes) while reading and
 /// checking replies, until every owed reply has come.
-fn run_batch(s: &Session, msgs: Vec<Msg>, rng: &mut Rng, rbuf: &mut Vec<u8>) -> Result<(), Failure> {
+fn run_batch(
+    s: &Session,
+    msgs: Vec<Msg>,
+    rng: &mut Rng,
+    rbuf: &mut Vec<u8>,
+) -> Result<(), Failure> {
     let fd = s.stream.as_raw_fd();
     let mut expected: VecDeque<Expect> = msgs.iter().filter_map(|m| m.expect).collect();
     // Segments: runs of fd-less messages merged; a message with fds is its own segment.
@@ -247,14 +330,21 @@ fn run_batch(s: &Session, msgs: Vec<Msg>, rng: &mut Rng, rbuf: &mut Vec<u8>) -> 
     let mut off = 0usize;
     rbuf.clear();
     while !segs.is_empty() || !expected.is_empty() {
-        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         if !segs.is_empty() {
             pfd.events |= libc::POLLOUT;
         }
         // SAFETY: one valid pollfd.
         let n = unsafe { libc::poll(&mut pfd, 1, 5000) };
         if n == 0 {
-            return Err(Failure::Death(format!("no progress for 5 s, {} replies owed", expected.len())));
+            return Err(Failure::Death(format!(
+                "no progress for 5 s, {} replies owed",
+                expected.len()
+            )));
         }
         if pfd.revents & libc::POLLOUT != 0 {
             if let Some((bytes, fds)) = segs.front_mut() {
@@ -278,7 +368,14 @@ fn run_batch(s: &Session, msgs: Vec<Msg>, rng: &mut Rng, rbuf: &mut Vec<u8>) -> 
             let at = rbuf.len();
             rbuf.resize(at + 65536, 0);
             // SAFETY: receives into the slice just reserved; attached fds are discarded.
-            let n = unsafe { libc::recv(fd, rbuf[at..].as_mut_ptr().cast(), 65536, libc::MSG_DONTWAIT) };
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    rbuf[at..].as_mut_ptr().cast(),
+                    65536,
+                    libc::MSG_DONTWAIT,
+                )
+            };
             if n == 0 {
                 return Err(Failure::Death("server closed the connection".into()));
             }
@@ -295,13 +392,18 @@ fn run_batch(s: &Session, msgs: Vec<Msg>, rng: &mut Rng, rbuf: &mut Vec<u8>) -> 
                     return Err(Failure::Desync(format!("unowed reply {h:?}")));
                 };
                 if h.id != e.id {
-                    return Err(Failure::Desync(format!("reply id {} where {} was owed", h.id, e.id)));
+                    return Err(Failure::Desync(format!(
+                        "reply id {} where {} was owed",
+                        h.id, e.id
+                    )));
                 }
                 if h.flags & flags::ERROR != 0 && (h.error == 0 || h.size != 16) {
                     return Err(Failure::Desync(format!("bad error reply {h:?}")));
                 }
                 if let Some(v) = e.vendor {
-                    let got = rbuf.get(pos + 32..pos + 34).map(|b| u16::from_le_bytes([b[0], b[1]]));
+                    let got = rbuf
+                        .get(pos + 32..pos + 34)
+                        .map(|b| u16::from_le_bytes([b[0], b[1]]));
                     if got != Some(v) {
                         return Err(Failure::Death(format!("health probe read {got:?}")));
                     }
@@ -315,7 +417,9 @@ fn run_batch(s: &Session, msgs: Vec<Msg>, rng: &mut Rng, rbuf: &mut Vec<u8>) -> 
 }
 
 fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -325,7 +429,12 @@ fn fuzz_the_real_server() {
     let stop = Arc::new(AtomicBool::new(false));
     let (mmio_size, vram_size) = {
         let m = card.model();
-        (m.config().bar(device::hibmc::MMIO_BAR).map_or(0, |b| b.size), m.vram().size())
+        (
+            m.config()
+                .bar(device::hibmc::MMIO_BAR)
+                .map_or(0, |b| b.size),
+            m.vram().size(),
+        )
     };
     let mut gen = Gen {
         rng: Rng(SEED),
@@ -333,11 +442,14 @@ fn fuzz_the_real_server() {
         mmio: device::hibmc::MMIO_BAR as u32,
         mmio_size,
         vram_size,
-        eventfds: (0..4).map(|_| EventFd::new(EFD_NONBLOCK).expect("eventfd")).collect(),
+        eventfds: (0..4)
+            .map(|_| EventFd::new(EFD_NONBLOCK).expect("eventfd"))
+            .collect(),
     };
     let mut chunk_rng = Rng(SEED ^ 1);
     let fds_before = open_fds();
-    let (mut sent, mut deaths, mut desyncs, mut drops_ok, mut batches) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut sent, mut deaths, mut desyncs, mut drops_ok, mut batches) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut first_failure = None;
     let mut rbuf = Vec::new();
     let t = Instant::now();
@@ -347,9 +459,17 @@ fn fuzz_the_real_server() {
         let mut msgs = Vec::with_capacity(BATCH + 2);
         // Each session starts with VERSION (the handshake is part of the stream).
         msgs.push(Msg {
-            bytes: wire::request(0, cmd::VERSION, 0, format!("\0\0\0\0{}\0", common::QEMU_CAPS).as_bytes()),
+            bytes: wire::request(
+                0,
+                cmd::VERSION,
+                0,
+                format!("\0\0\0\0{}\0", common::QEMU_CAPS).as_bytes(),
+            ),
             fds: Vec::new(),
-            expect: Some(Expect { id: 0, vendor: None }),
+            expect: Some(Expect {
+                id: 0,
+                vendor: None,
+            }),
         });
         for _ in 0..BATCH {
             msgs.push(gen.next());
@@ -376,16 +496,31 @@ fn fuzz_the_real_server() {
         // Now and then: a header whose size cannot be framed must drop just that client.
         if batches % 25 == 0 {
             let s = start_session(&card, &stop);
-            let size = gen.rng.pick(&[0u32, 1, 15, wire::MAX_MESSAGE + 1, u32::MAX]);
-            let bad = Header { id: 9, command: cmd::REGION_WRITE, size, flags: 0, error: 0 }.encode();
+            let size = gen
+                .rng
+                .pick(&[0u32, 1, 15, wire::MAX_MESSAGE + 1, u32::MAX]);
+            let bad = Header {
+                id: 9,
+                command: cmd::REGION_WRITE,
+                size,
+                flags: 0,
+                error: 0,
+            }
+            .encode();
             let mut m = wire::request(0, cmd::VERSION, 0, b"\0\0\0\0{}\0");
             m.extend_from_slice(&bad);
             s.stream.set_nonblocking(false).expect("blocking");
-            s.stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            s.stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
             let mut raw = common::Raw::from_stream(s.stream);
             raw.send(&m);
             let ok = raw.recv().is_some_and(|(h, _)| h.id == 0) && raw.recv().is_none();
-            if ok { drops_ok += 1 } else { desyncs += 1 }
+            if ok {
+                drops_ok += 1
+            } else {
+                desyncs += 1
+            }
             drop(raw);
             let _ = s.thread.join();
             sent += 2;
@@ -414,6 +549,9 @@ fn fuzz_the_real_server() {
     assert!(sent >= MESSAGES, "only {sent} messages in {secs:.0} s");
     assert!(secs < 120.0, "{secs:.0} s");
     assert!(peak_mib < 64.0, "peak RSS {peak_mib:.1} MiB");
-    assert!(fds_after <= fds_before + 8, "fds leaked: {fds_before} -> {fds_after}");
+    assert!(
+        fds_after <= fds_before + 8,
+        "fds leaked: {fds_before} -> {fds_after}"
+    );
     assert!(stats.rejected_requests > 0);
 }

@@ -17,7 +17,12 @@ fn is_error(h: &wire::Header, errno: i32) -> bool {
 }
 
 fn config_read(c: &mut Raw, id: u16, offset: u64, count: u32) -> Vec<u8> {
-    let (h, body) = c.call(id, cmd::REGION_READ, 0, &wire::region_access(offset, 7, count, &[]));
+    let (h, body) = c.call(
+        id,
+        cmd::REGION_READ,
+        0,
+        &wire::region_access(offset, 7, count, &[]),
+    );
     assert_eq!(h.flags, flags::TYPE_REPLY, "{h:?}");
     assert_eq!(h.size, 32 + count);
     body[32..].to_vec()
@@ -63,12 +68,22 @@ fn rejected_region_write_consumes_its_payload() {
     let mut c = srv.connect();
     c.handshake();
     for region in [9u32, 10, 100, u32::MAX] {
-        let (h, _) = c.call(7, cmd::REGION_WRITE, 0, &wire::region_access(0, region, 8, &[0xee; 8]));
+        let (h, _) = c.call(
+            7,
+            cmd::REGION_WRITE,
+            0,
+            &wire::region_access(0, region, 8, &[0xee; 8]),
+        );
         assert!(is_error(&h, libc::EINVAL), "{h:?}");
         assert_eq!(config_read(&mut c, 8, 0, 2), vec![0xe5, 0x19]);
     }
     // Out of the region's bounds, too.
-    let (h, _) = c.call(9, cmd::REGION_WRITE, 0, &wire::region_access(4095, 7, 2, &[1, 2]));
+    let (h, _) = c.call(
+        9,
+        cmd::REGION_WRITE,
+        0,
+        &wire::region_access(4095, 7, 2, &[1, 2]),
+    );
     assert!(is_error(&h, libc::EINVAL));
     drop(c);
     srv.assert_healthy();
@@ -80,17 +95,34 @@ fn unknown_and_rejected_commands_stay_in_step() {
     let mut c = srv.connect();
     c.handshake();
     let payload: Vec<u8> = (0..37).collect();
-    for (i, command) in [0u16, 6, 11, 12, 14, 15, 16, 50, 100, 0x7fff, 0xffff].into_iter().enumerate() {
+    for (i, command) in [0u16, 6, 11, 12, 14, 15, 16, 50, 100, 0x7fff, 0xffff]
+        .into_iter()
+        .enumerate()
+    {
         let id = 100 + i as u16;
         let (h, _) = c.call(id, command, 0, &payload);
-        assert_eq!(h.flags & flags::ERROR, flags::ERROR, "command {command}: {h:?}");
+        assert_eq!(
+            h.flags & flags::ERROR,
+            flags::ERROR,
+            "command {command}: {h:?}"
+        );
         assert_ne!(h.error, 0);
         assert_eq!(config_read(&mut c, id + 1000, 0, 2), vec![0xe5, 0x19]);
     }
     // NO_REPLY: a posted config write gets no reply, and neither does a rejected posted command.
-    c.send(&wire::request(200, cmd::REGION_WRITE, flags::NO_REPLY, &wire::region_access(0x3c, 7, 1, &[0x5a])));
+    c.send(&wire::request(
+        200,
+        cmd::REGION_WRITE,
+        flags::NO_REPLY,
+        &wire::region_access(0x3c, 7, 1, &[0x5a]),
+    ));
     c.send(&wire::request(201, 0x7777, flags::NO_REPLY, &payload));
-    c.send(&wire::request(202, cmd::REGION_WRITE, flags::NO_REPLY, &wire::region_access(0, 99, 1, &[1])));
+    c.send(&wire::request(
+        202,
+        cmd::REGION_WRITE,
+        flags::NO_REPLY,
+        &wire::region_access(0, 99, 1, &[1]),
+    ));
     assert_eq!(config_read(&mut c, 203, 0x3c, 1), vec![0x5a]);
     // SET_IRQS with DATA_BOOL (QEMU never sends it; the spec allows it).
     let mut p = Vec::new();
@@ -115,7 +147,16 @@ fn unknown_and_rejected_commands_stay_in_step() {
     let (h, body) = c.expect_reply(207);
     assert_eq!((h.size, &body[32..34]), (36, &[0xe5, 0x19][..]));
     // A message whose declared size cannot be framed: the client is dropped.
-    c.send(&wire::Header { id: 208, command: cmd::REGION_WRITE, size: u32::MAX, flags: 0, error: 0 }.encode());
+    c.send(
+        &wire::Header {
+            id: 208,
+            command: cmd::REGION_WRITE,
+            size: u32::MAX,
+            flags: 0,
+            error: 0,
+        }
+        .encode(),
+    );
     c.assert_dropped();
     srv.assert_healthy();
 }
@@ -126,15 +167,29 @@ fn huge_region_reads_are_refused_without_allocating() {
     let mut c = srv.connect();
     c.handshake();
     let before = common::peak_rss_kib();
-    for (id, count) in [(10u16, 0x7fff_ffffu32), (11, 0xffff_ffe0), (12, wire::MAX_DATA_XFER + 1)] {
+    for (id, count) in [
+        (10u16, 0x7fff_ffffu32),
+        (11, 0xffff_ffe0),
+        (12, wire::MAX_DATA_XFER + 1),
+    ] {
         for region in [7, 0, HIBMC_MMIO] {
-            let (h, _) = c.call(id, cmd::REGION_READ, 0, &wire::region_access(0, region, count, &[]));
+            let (h, _) = c.call(
+                id,
+                cmd::REGION_READ,
+                0,
+                &wire::region_access(0, region, count, &[]),
+            );
             assert!(is_error(&h, libc::E2BIG), "{h:?}");
         }
     }
     assert!(common::peak_rss_kib() < before + 8 * 1024, "RSS grew");
     // The largest allowed read of VRAM works.
-    let (h, _) = c.call(13, cmd::REGION_READ, 0, &wire::region_access(0, 0, wire::MAX_DATA_XFER, &[]));
+    let (h, _) = c.call(
+        13,
+        cmd::REGION_READ,
+        0,
+        &wire::region_access(0, 0, wire::MAX_DATA_XFER, &[]),
+    );
     assert_eq!(h.size, 32 + wire::MAX_DATA_XFER);
     drop(c);
     srv.assert_healthy();
@@ -155,21 +210,34 @@ fn msi_into_a_full_pipe_is_dropped_not_waited_for() {
     c.handshake();
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills two fds we then own.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) }, 0);
+    assert_eq!(
+        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) },
+        0
+    );
     // SAFETY: just created, owned here.
     let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let junk = [0u8; 4096];
     // SAFETY: writes from a live buffer until the pipe is full.
     while unsafe { libc::write(wr.as_raw_fd(), junk.as_ptr().cast(), junk.len()) } > 0 {}
     c.send_with_fds(
-        &wire::request(20, cmd::DEVICE_SET_IRQS, 0, &set_irqs(irq_set::DATA_EVENTFD | irq_set::ACTION_TRIGGER, 0, 1)),
+        &wire::request(
+            20,
+            cmd::DEVICE_SET_IRQS,
+            0,
+            &set_irqs(irq_set::DATA_EVENTFD | irq_set::ACTION_TRIGGER, 0, 1),
+        ),
         &[wr.as_raw_fd()],
     );
     assert_eq!(c.expect_reply(20).0.flags, flags::TYPE_REPLY);
     assert_eq!(srv.card.stats().msi_vectors_armed, 1);
     let t = Instant::now();
     for id in 21..31 {
-        let (h, _) = c.call(id, cmd::DEVICE_SET_IRQS, 0, &set_irqs(irq_set::DATA_NONE | irq_set::ACTION_TRIGGER, 0, 1));
+        let (h, _) = c.call(
+            id,
+            cmd::DEVICE_SET_IRQS,
+            0,
+            &set_irqs(irq_set::DATA_NONE | irq_set::ACTION_TRIGGER, 0, 1),
+        );
         assert_eq!(h.flags, flags::TYPE_REPLY);
     }
     let stats = srv.card.stats();
@@ -185,9 +253,19 @@ fn errnos_write_replies_and_version_first() {
     let srv = Running::start(ModelKind::Hibmc);
     let mut c = srv.connect();
     // Before VERSION everything else is refused with an errno, and nothing happens.
-    c.send(&wire::request(1, cmd::REGION_WRITE, 0, &wire::region_access(0x3c, 7, 1, &[0x77])));
+    c.send(&wire::request(
+        1,
+        cmd::REGION_WRITE,
+        0,
+        &wire::region_access(0x3c, 7, 1, &[0x77]),
+    ));
     assert!(is_error(&c.expect_reply(1).0, libc::EINVAL));
-    c.send(&wire::request(2, cmd::DEVICE_GET_INFO, 0, &[16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
+    c.send(&wire::request(
+        2,
+        cmd::DEVICE_GET_INFO,
+        0,
+        &[16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    ));
     assert!(is_error(&c.expect_reply(2).0, libc::EINVAL));
     c.handshake();
     // A second VERSION is refused.
@@ -195,7 +273,12 @@ fn errnos_write_replies_and_version_first() {
     assert!(is_error(&c.expect_reply(3).0, libc::EINVAL));
     assert_ne!(config_read(&mut c, 4, 0x3c, 1), vec![0x77]);
     // REGION_WRITE's reply is {offset, region, count} with no data.
-    let (h, body) = c.call(5, cmd::REGION_WRITE, 0, &wire::region_access(0x3c, 7, 1, &[0x66]));
+    let (h, body) = c.call(
+        5,
+        cmd::REGION_WRITE,
+        0,
+        &wire::region_access(0x3c, 7, 1, &[0x66]),
+    );
     assert_eq!((h.flags, h.size), (flags::TYPE_REPLY, 32));
     assert_eq!(&body[16..32], &wire::region_access(0x3c, 7, 1, &[])[..]);
     assert_eq!(config_read(&mut c, 6, 0x3c, 1), vec![0x66]);
@@ -203,7 +286,10 @@ fn errnos_write_replies_and_version_first() {
     let mut p = [0u8; 16];
     p[0] = 16;
     p[8] = 3;
-    assert!(is_error(&c.call(7, cmd::DEVICE_GET_IRQ_INFO, 0, &p).0, libc::EINVAL));
+    assert!(is_error(
+        &c.call(7, cmd::DEVICE_GET_IRQ_INFO, 0, &p).0,
+        libc::EINVAL
+    ));
     drop(c);
     srv.assert_healthy();
 }
@@ -211,7 +297,11 @@ fn errnos_write_replies_and_version_first() {
 #[test]
 fn corpus_replays() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).expect("corpus dir").flatten().map(|e| e.path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("corpus dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     files.sort();
     assert!(files.len() >= 7, "corpus has {} files", files.len());
     let srv = Running::start(ModelKind::Hibmc);
@@ -220,7 +310,9 @@ fn corpus_replays() {
         let bytes = hex(&text);
         let mut c = srv.connect();
         c.send(&bytes);
-        c.stream.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        c.stream
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown");
         // Every reply is well framed (Raw::recv checks type, size, errno) up to EOF.
         let mut replies = 0;
         while c.recv().is_some() {

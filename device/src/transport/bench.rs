@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::wire::{self, cmd};
-use crate::{build_model, hibmc, CardOptions, ModelKind, Server, ServerError};
 use crate::server::Card;
+use crate::{build_model, hibmc, CardOptions, ModelKind, Server, ServerError};
 
 /// Per-iteration round-trip times, in nanoseconds.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -138,7 +138,10 @@ pub fn trapped_read_vs_echo(iterations: usize) -> Result<BenchResult, ServerErro
     debug_assert_eq!(read.len(), REQUEST);
     let mut reply = [0u8; REPLY];
     let efd = echo_client.as_raw_fd();
-    let (mut a, mut b) = (Vec::with_capacity(iterations), Vec::with_capacity(iterations));
+    let (mut a, mut b) = (
+        Vec::with_capacity(iterations),
+        Vec::with_capacity(iterations),
+    );
     // Warm-up, then blocks of 256 alternating between (a) and (b).
     for _ in 0..256.min(iterations) {
         round_trip(sfd, &read, &mut reply)?;

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use log::{debug, info, warn};
 
-use super::wire::{self, irq_set, Header, Reject, RegionInfo, Request, HEADER_SIZE};
+use super::wire::{self, irq_set, Header, RegionInfo, Reject, Request, HEADER_SIZE};
 use crate::server::Card;
 
 /// Regions QEMU is told about: BAR0-5, ROM, config, VGA.
@@ -531,16 +531,27 @@ impl Connection {
         let n = n as usize;
         let fds = received_fds(&msg);
         if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-            warn!("vfio-user: more fds than {} in one message; the rest were closed", wire::MAX_MSG_FDS);
+            warn!(
+                "vfio-user: more fds than {} in one message; the rest were closed",
+                wire::MAX_MSG_FDS
+            );
         }
         let lo = self.stream_pos + (self.end - self.start) as u64;
         self.end += n;
         if !fds.is_empty() {
             if self.pending_fds + fds.len() > MAX_PENDING_FDS {
-                warn!("vfio-user: {} unclaimed fds pending; closing {} more", self.pending_fds, fds.len());
+                warn!(
+                    "vfio-user: {} unclaimed fds pending; closing {} more",
+                    self.pending_fds,
+                    fds.len()
+                );
             } else {
                 self.pending_fds += fds.len();
-                self.batches.push_back(FdBatch { lo, hi: lo + n as u64, fds });
+                self.batches.push_back(FdBatch {
+                    lo,
+                    hi: lo + n as u64,
+                    fds,
+                });
             }
         }
         Ok(n)

@@ -351,7 +351,7 @@ pub fn parse_request(command: u16, payload: &[u8]) -> Result<Request<'_>, Reject
             }
             let writes = &p[8..];
             let count = u64_at(p, 0);
-            if writes.len() % 24 != 0 || (writes.len() / 24) as u64 != count {
+            if count.checked_mul(24) != Some(writes.len() as u64) {
                 return Err(Reject::Invalid);
             }
             if writes.chunks_exact(24).any(|w| u32_at(w, 12) > 8) {
@@ -405,7 +405,11 @@ pub fn error_reply(out: &mut Vec<u8>, request: &Header, errno: u32) {
         command: request.command,
         size: HEADER_SIZE as u32,
         flags: flags::TYPE_REPLY | flags::ERROR,
-        error: if errno == 0 { libc::EINVAL as u32 } else { errno },
+        error: if errno == 0 {
+            libc::EINVAL as u32
+        } else {
+            errno
+        },
     };
     out.extend_from_slice(&header.encode());
 }
@@ -454,7 +458,12 @@ const SPARSE_CAP_SIZE: u32 = 8 + 8 + 16;
 /// DEVICE_GET_REGION_INFO reply payload, cut to the client's `argsz` as VFIO does: when the
 /// capabilities do not fit, `argsz` says how much is needed, CAPS is set and `cap_offset` is 0.
 pub fn encode_region_info(out: &mut Vec<u8>, index: u32, info: &RegionInfo, argsz: u32) {
-    let full = REGION_INFO_SIZE + if info.sparse.is_some() { SPARSE_CAP_SIZE } else { 0 };
+    let full = REGION_INFO_SIZE
+        + if info.sparse.is_some() {
+            SPARSE_CAP_SIZE
+        } else {
+            0
+        };
     let caps_fit = info.sparse.is_some() && argsz >= full;
     let mut flags = info.flags;
     if info.sparse.is_some() {

@@ -79,7 +79,12 @@ impl Running {
     pub fn assert_healthy(&self) {
         let mut c = self.connect();
         c.handshake();
-        let (h, body) = c.call(0x4242, cmd::REGION_READ, 0, &wire::region_access(0, 7, 4, &[]));
+        let (h, body) = c.call(
+            0x4242,
+            cmd::REGION_READ,
+            0,
+            &wire::region_access(0, 7, 4, &[]),
+        );
         assert_eq!(h.flags & wire::flags::ERROR, 0, "config read failed: {h:?}");
         let vendor = u16::from_le_bytes([body[32], body[33]]);
         let (want, _) = self.card.model().kind().pci_id();
@@ -136,7 +141,10 @@ impl Raw {
             Err(e) => panic!("reading a reply: {e}"),
         }
         let h = Header::parse(&head).expect("header");
-        assert!(h.size >= 16 && h.size <= wire::MAX_MESSAGE, "reply size {h:?}");
+        assert!(
+            h.size >= 16 && h.size <= wire::MAX_MESSAGE,
+            "reply size {h:?}"
+        );
         assert_eq!(h.flags & wire::flags::TYPE_MASK, 1, "reply type {h:?}");
         if h.flags & wire::flags::ERROR != 0 {
             assert_ne!(h.error, 0, "error reply without errno {h:?}");

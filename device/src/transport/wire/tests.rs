@@ -24,7 +24,13 @@ fn header_round_trips_and_rejects_truncation() {
 
 #[test]
 fn header_size_bounds() {
-    let sane = |size| Header { size, ..Default::default() }.size_is_sane();
+    let sane = |size| {
+        Header {
+            size,
+            ..Default::default()
+        }
+        .size_is_sane()
+    };
     assert!(!sane(0) && !sane(15) && sane(16) && sane(MAX_MESSAGE));
     assert!(!sane(MAX_MESSAGE + 1) && !sane(u32::MAX));
 }
@@ -34,16 +40,34 @@ fn version_with_and_without_caps() {
     let mut p = vec![0, 0, 1, 0];
     assert_eq!(
         parse_request(cmd::VERSION, &p),
-        Ok(Request::Version { major: 0, minor: 1, caps: None })
+        Ok(Request::Version {
+            major: 0,
+            minor: 1,
+            caps: None
+        })
     );
     p.extend_from_slice(b"{}\0");
     assert_eq!(
         parse_request(cmd::VERSION, &p),
-        Ok(Request::Version { major: 0, minor: 1, caps: Some("{}") })
+        Ok(Request::Version {
+            major: 0,
+            minor: 1,
+            caps: Some("{}")
+        })
     );
     // No NUL, a NUL inside, not UTF-8, truncated.
-    for bad in [&b"\0\0\0\0{}"[..], b"\0\0\0\0{\0}\0", b"\0\0\0\0\xff\0", b"\0\0\0", b""] {
-        assert_eq!(parse_request(cmd::VERSION, bad), Err(Reject::Invalid), "{bad:?}");
+    for bad in [
+        &b"\0\0\0\0{}"[..],
+        b"\0\0\0\0{\0}\0",
+        b"\0\0\0\0\xff\0",
+        b"\0\0\0",
+        b"",
+    ] {
+        assert_eq!(
+            parse_request(cmd::VERSION, bad),
+            Err(Reject::Invalid),
+            "{bad:?}"
+        );
     }
 }
 
@@ -78,24 +102,40 @@ fn fields_decode() {
     }
     assert_eq!(
         parse_request(cmd::DMA_MAP, &p),
-        Ok(Request::DmaMap { flags: 3, offset: 0x1000, address: 0x2000, size: 0x3000 })
+        Ok(Request::DmaMap {
+            flags: 3,
+            offset: 0x1000,
+            address: 0x2000,
+            size: 0x3000
+        })
     );
     let mut p = vec![0u8; 32];
     p[0..4].copy_from_slice(&le32(48));
     p[8..12].copy_from_slice(&le32(7));
     assert_eq!(
         parse_request(cmd::DEVICE_GET_REGION_INFO, &p),
-        Ok(Request::GetRegionInfo { argsz: 48, index: 7 })
+        Ok(Request::GetRegionInfo {
+            argsz: 48,
+            index: 7
+        })
     );
     let p = region_access(0x10, 1, 4, &[]);
     assert_eq!(
         parse_request(cmd::REGION_READ, &p),
-        Ok(Request::RegionRead { offset: 0x10, region: 1, count: 4 })
+        Ok(Request::RegionRead {
+            offset: 0x10,
+            region: 1,
+            count: 4
+        })
     );
     let p = region_access(0x10, 1, 2, &[9, 8]);
     assert_eq!(
         parse_request(cmd::REGION_WRITE, &p),
-        Ok(Request::RegionWrite { offset: 0x10, region: 1, data: &[9, 8] })
+        Ok(Request::RegionWrite {
+            offset: 0x10,
+            region: 1,
+            data: &[9, 8]
+        })
     );
 }
 
@@ -112,7 +152,10 @@ fn region_counts_are_capped_and_must_match() {
         parse_request(cmd::REGION_WRITE, &region_access(0, 7, 4, &[1, 2])),
         Err(Reject::Invalid)
     );
-    assert_eq!(parse_request(cmd::REGION_WRITE, &[0; 15]), Err(Reject::Invalid));
+    assert_eq!(
+        parse_request(cmd::REGION_WRITE, &[0; 15]),
+        Err(Reject::Invalid)
+    );
 }
 
 fn set_irqs(flags: u32, count: u32, data: &[u8]) -> Vec<u8> {
@@ -127,8 +170,16 @@ fn set_irqs(flags: u32, count: u32, data: &[u8]) -> Vec<u8> {
 #[test]
 fn set_irqs_flags_and_data() {
     use irq_set::*;
-    assert!(parse_request(cmd::DEVICE_SET_IRQS, &set_irqs(DATA_EVENTFD | ACTION_TRIGGER, 1, &[])).is_ok());
-    assert!(parse_request(cmd::DEVICE_SET_IRQS, &set_irqs(DATA_BOOL | ACTION_TRIGGER, 2, &[1, 0])).is_ok());
+    assert!(parse_request(
+        cmd::DEVICE_SET_IRQS,
+        &set_irqs(DATA_EVENTFD | ACTION_TRIGGER, 1, &[])
+    )
+    .is_ok());
+    assert!(parse_request(
+        cmd::DEVICE_SET_IRQS,
+        &set_irqs(DATA_BOOL | ACTION_TRIGGER, 2, &[1, 0])
+    )
+    .is_ok());
     for bad in [
         set_irqs(DATA_BOOL | ACTION_TRIGGER, 2, &[1]),
         set_irqs(DATA_NONE | ACTION_TRIGGER, 0, &[1]),
@@ -138,7 +189,10 @@ fn set_irqs_flags_and_data() {
         set_irqs(DATA_NONE | ACTION_TRIGGER | 0x100, 0, &[]),
         vec![0; 19],
     ] {
-        assert_eq!(parse_request(cmd::DEVICE_SET_IRQS, &bad), Err(Reject::Invalid));
+        assert_eq!(
+            parse_request(cmd::DEVICE_SET_IRQS, &bad),
+            Err(Reject::Invalid)
+        );
     }
 }
 
@@ -152,12 +206,21 @@ fn write_multi() {
         panic!("valid WRITE_MULTI refused");
     };
     let entries: Vec<_> = write_multi_entries(writes).collect();
-    assert_eq!(entries, vec![(0x10, 1, &[0xaa; 4][..]), (0x20, 1, &[0xaa; 8][..])]);
+    assert_eq!(
+        entries,
+        vec![(0x10, 1, &[0xaa; 4][..]), (0x20, 1, &[0xaa; 8][..])]
+    );
     p[0] = 3;
-    assert_eq!(parse_request(cmd::REGION_WRITE_MULTI, &p), Err(Reject::Invalid));
+    assert_eq!(
+        parse_request(cmd::REGION_WRITE_MULTI, &p),
+        Err(Reject::Invalid)
+    );
     p[0] = 2;
     p[8 + 12] = 9; // count 9 does not fit the 8-byte data field
-    assert_eq!(parse_request(cmd::REGION_WRITE_MULTI, &p), Err(Reject::Invalid));
+    assert_eq!(
+        parse_request(cmd::REGION_WRITE_MULTI, &p),
+        Err(Reject::Invalid)
+    );
 }
 
 #[test]
@@ -168,20 +231,34 @@ fn unknown_and_unsupported_commands() {
     for c in [6u16, 14, 16, 17, 18] {
         assert_eq!(parse_request(c, &[]), Err(Reject::Unsupported), "{c}");
     }
-    for r in [Reject::Invalid, Reject::Unsupported, Reject::Unknown, Reject::TooBig] {
+    for r in [
+        Reject::Invalid,
+        Reject::Unsupported,
+        Reject::Unknown,
+        Reject::TooBig,
+    ] {
         assert_ne!(r.errno(), 0);
     }
 }
 
 #[test]
 fn replies_encode() {
-    let req = Header { id: 9, command: cmd::VERSION, size: 20, flags: 0, error: 0 };
+    let req = Header {
+        id: 9,
+        command: cmd::VERSION,
+        size: 20,
+        flags: 0,
+        error: 0,
+    };
     let mut out = Vec::new();
     let at = begin_reply(&mut out, &req);
     encode_version(&mut out);
     finish_reply(&mut out, at);
     let h = Header::parse(&out).unwrap();
-    assert_eq!((h.id, h.size as usize, h.flags), (9, out.len(), flags::TYPE_REPLY));
+    assert_eq!(
+        (h.id, h.size as usize, h.flags),
+        (9, out.len(), flags::TYPE_REPLY)
+    );
     assert_eq!(out.last(), Some(&0));
     assert!(out.len() <= 214, "QEMU's VERSION receive buffer");
     let json = std::str::from_utf8(&out[20..out.len() - 1]).unwrap();
@@ -196,7 +273,12 @@ fn replies_encode() {
 
 #[test]
 fn region_info_follows_argsz() {
-    let info = RegionInfo { flags: 7, size: 1 << 20, offset: 0, sparse: Some((0, 1 << 20)) };
+    let info = RegionInfo {
+        flags: 7,
+        size: 1 << 20,
+        offset: 0,
+        sparse: Some((0, 1 << 20)),
+    };
     let mut short = Vec::new();
     encode_region_info(&mut short, 0, &info, 32);
     assert_eq!(short.len(), 32);
@@ -208,7 +290,11 @@ fn region_info_follows_argsz() {
     assert_eq!(full.len(), 64);
     assert_eq!(&full[12..16], &le32(32));
     assert_eq!(&full[32..36], &[1, 0, 1, 0]); // SPARSE_MMAP v1
-    let plain = RegionInfo { flags: 3, size: 4096, ..Default::default() };
+    let plain = RegionInfo {
+        flags: 3,
+        size: 4096,
+        ..Default::default()
+    };
     let mut out = Vec::new();
     encode_region_info(&mut out, 7, &plain, 1000);
     assert_eq!((out.len(), &out[0..4]), (32, &le32(32)[..]));
