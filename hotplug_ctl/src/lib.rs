@@ -5,6 +5,7 @@ pub mod accel;
 pub mod agent;
 pub mod control;
 pub mod ctl;
+pub mod fingerprint;
 pub mod guest;
 pub mod kconfig;
 pub mod output;
@@ -17,6 +18,7 @@ pub mod scenario;
 pub mod serve;
 pub mod splat;
 pub mod steps;
+pub mod verdict;
 
 /// Exit codes, chosen for `git bisect run`.
 pub mod exit {

@@ -9,9 +9,12 @@ use clap::{Parser, Subcommand};
 use device::ModelKind;
 use hotplug_ctl::accel::{self, AccelChoice};
 use hotplug_ctl::exit;
+use hotplug_ctl::fingerprint::JudgePattern;
+use hotplug_ctl::output::KcidbMeta;
 use hotplug_ctl::runner::{self, KernelChoice, RunConfig};
 use hotplug_ctl::scenario::{self, Removal, Scenario};
 use hotplug_ctl::serve::{self, ServeConfig};
+use hotplug_ctl::verdict::{self, Baseline, Policy};
 use images::Arch;
 
 #[derive(Parser)]
@@ -28,11 +31,20 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Boot a guest kernel with the card and run scenarios against its driver.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Serve one card on a vfio-user socket for a QEMU you start yourself.
     Serve(ServeArgs),
     /// List the built-in scenarios.
     List,
+    /// Write a baseline from a run's report.json: DIR/MODEL-ARCH-fails.txt (drm-ci format) and
+    /// DIR/MODEL-ARCH.toml (every fingerprint that failed a scenario, pinned to it).
+    Baseline {
+        /// A report.json written by `vanish run`.
+        report: PathBuf,
+        /// Directory to write the baseline into (created).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print the kernel config fragment a vanish guest needs, or apply it to a build directory.
     Kconfig(hotplug_ctl::kconfig::KconfigArgs),
     /// List the Debian kernel series vanish knows, the newest version of each, and which are
@@ -117,6 +129,36 @@ struct RunArgs {
     /// Stream the guest's console to stderr while it runs.
     #[arg(long)]
     console: bool,
+    /// Judge against a baseline: a drm-ci style *-fails.txt / *-flakes.txt / *-skips.txt, a
+    /// vanish expectations *.toml, or a directory of them. Known failures exit 0.
+    #[arg(long, value_name = "DIR|FILE")]
+    baseline: Option<PathBuf>,
+    /// Only splats with this fingerprint (or matching this regex) make the verdict bad; the
+    /// rest are still reported. Repeatable.
+    #[arg(long = "judge-by", value_name = "FINGERPRINT|REGEX")]
+    judge_by: Vec<JudgePattern>,
+    /// A scenario the baseline expects to fail that passed makes the run fail too.
+    #[arg(long)]
+    fail_on_fixed: bool,
+    /// Boot and run everything N times; report per scenario how often it failed.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    runs: u32,
+    /// Do not set Bus Master Enable before the driver loads (as firmware that never drove the
+    /// card): a driver that does not set it itself loses its MSIs from the first probe on.
+    #[arg(long)]
+    no_firmware_bme: bool,
+    /// KCIDB origin (default: vanish).
+    #[arg(long, default_value = "vanish")]
+    kcidb_origin: String,
+    /// KCIDB checkout: the kernel's git commit (default: from --kernel's tree, if any).
+    #[arg(long)]
+    git_commit: Option<String>,
+    /// KCIDB checkout: the kernel tree's repository URL.
+    #[arg(long)]
+    git_url: Option<String>,
+    /// KCIDB checkout: the tree's name (e.g. mainline, drm-misc).
+    #[arg(long)]
+    tree_name: Option<String>,
     /// Where to write report.json, console.log, screenshot.png.
     #[arg(long, default_value = "vanish-out")]
     out: PathBuf,
@@ -221,7 +263,7 @@ fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> i32 {
     match cli.command {
-        Cmd::Run(args) => cmd_run(args).await,
+        Cmd::Run(args) => cmd_run(*args).await,
         Cmd::Kconfig(args) => hotplug_ctl::kconfig::run(args),
         Cmd::List => {
             println!("{:<26} DESCRIPTION", "SCENARIO");
@@ -232,6 +274,7 @@ async fn dispatch(cli: Cli) -> i32 {
             exit::PASS
         }
         Cmd::Kernels { arch, offline } => cmd_kernels(arch, offline).await,
+        Cmd::Baseline { report, out } => cmd_baseline(&report, &out),
         Cmd::Serve(args) => {
             let cfg = ServeConfig {
                 model: args.card.model,
@@ -275,6 +318,48 @@ async fn dispatch(cli: Cli) -> i32 {
                     exit::USAGE
                 }
             }
+        }
+    }
+}
+
+/// `vanish baseline REPORT --out DIR`.
+fn cmd_baseline(report: &std::path::Path, out: &std::path::Path) -> i32 {
+    let text = match std::fs::read_to_string(report) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("vanish baseline: {}: {e}", report.display());
+            return exit::USAGE;
+        }
+    };
+    let mut parsed: hotplug_ctl::report::Report = match serde_json::from_str(&text) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "vanish baseline: {}: not a vanish report: {e}",
+                report.display()
+            );
+            return exit::USAGE;
+        }
+    };
+    // Judge without a baseline, so that what failed (and what was dead-hardware noise) is
+    // decided as `vanish run` decides it.
+    verdict::judge(&mut parsed, &Policy::default());
+    let (fails, toml) = verdict::baseline_from(&parsed);
+    let stem = format!("{}-{}", parsed.model, parsed.arch);
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(out)?;
+        std::fs::write(out.join(format!("{stem}-fails.txt")), fails)?;
+        std::fs::write(out.join(format!("{stem}.toml")), toml)
+    };
+    match write() {
+        Ok(()) => {
+            println!("{}", out.join(format!("{stem}-fails.txt")).display());
+            println!("{}", out.join(format!("{stem}.toml")).display());
+            exit::PASS
+        }
+        Err(e) => {
+            eprintln!("vanish baseline: {}: {e}", out.display());
+            exit::USAGE
         }
     }
 }
@@ -339,6 +424,27 @@ async fn cmd_kernels(arch: Arch, offline: bool) -> i32 {
 }
 
 async fn cmd_run(args: RunArgs) -> i32 {
+    if let Err(e) = check_outputs(&args) {
+        eprintln!("vanish: {e}");
+        return exit::USAGE;
+    }
+    if !hotplug_ctl::output::valid_origin(&args.kcidb_origin) {
+        eprintln!(
+            "vanish: --kcidb-origin '{}' is invalid: use lowercase letters, digits and '_'",
+            args.kcidb_origin
+        );
+        return exit::USAGE;
+    }
+    let baseline = match &args.baseline {
+        Some(path) => match Baseline::load(path) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("vanish: --baseline: {e}");
+                return exit::USAGE;
+            }
+        },
+        None => None,
+    };
     if args.kernel.is_none() {
         if let Err(e) = images::check_kernel_version(&args.debian_kernel, args.arch) {
             eprintln!("vanish: --debian-kernel: {e}");
@@ -387,6 +493,19 @@ async fn cmd_run(args: RunArgs) -> i32 {
         }
         list
     };
+    let scenarios: Vec<Scenario> = match &baseline {
+        Some(b) => scenarios
+            .into_iter()
+            .filter(|s| {
+                let skip = b.skips(&s.name);
+                if skip {
+                    eprintln!("vanish: {}: skipped (the baseline's skips list it)", s.name);
+                }
+                !skip
+            })
+            .collect(),
+        None => scenarios,
+    };
     let cfg = RunConfig {
         model: args.card.model,
         arch: args.arch,
@@ -404,29 +523,109 @@ async fn cmd_run(args: RunArgs) -> i32 {
         memory_mib: args.memory,
         qemu_opts: args.qemu_opts,
         stream_console: args.console,
+        firmware_bme: !args.no_firmware_bme,
     };
     if args.dry_run {
         return dry_run(&cfg);
     }
-    match runner::run(cfg).await {
-        Ok(report) => {
-            print!("{}", report.table());
-            if let Err(e) = hotplug_ctl::output::write_outputs(
-                &report,
-                args.junit.as_deref(),
-                args.kcidb.as_deref(),
-                "vanish",
-            ) {
+    let policy = Policy {
+        baseline,
+        judge_by: args.judge_by,
+        fail_on_fixed: args.fail_on_fixed,
+    };
+    let meta = KcidbMeta {
+        origin: args.kcidb_origin,
+        git_commit: args.git_commit,
+        git_url: args.git_url,
+        tree_name: args.tree_name,
+    };
+    let mut reports = Vec::new();
+    for i in 1..=args.runs {
+        let mut run_cfg = cfg.clone();
+        if args.runs > 1 {
+            eprintln!("vanish: run {i} of {}", args.runs);
+            run_cfg.out = cfg.out.join(format!("run{i}"));
+            if let Err(e) = std::fs::create_dir_all(&run_cfg.out) {
+                eprintln!(
+                    "vanish: --out: cannot create {}: {e}",
+                    run_cfg.out.display()
+                );
+                return exit::USAGE;
+            }
+        }
+        let mut report = match runner::run(run_cfg).await {
+            Ok(r) => r,
+            Err(e) => {
                 eprintln!("vanish: {e:#}");
                 return exit::SKIP;
             }
-            report.exit_code()
+        };
+        for note in verdict::judge(&mut report, &policy) {
+            eprintln!("vanish: {note}");
         }
-        Err(e) => {
-            eprintln!("vanish: {e:#}");
-            exit::SKIP
-        }
+        reports.push(report);
     }
+    let report = verdict::merge_runs(reports);
+    let code = verdict::exit_code(&report, &policy);
+    print!("{}", report.table());
+    // The outputs were checked before boot; a late write error is said, but never turns a
+    // judged kernel into "skip".
+    let mut write_failed = false;
+    if let Err(e) = report.write_json(&cfg.out.join("report.json")) {
+        eprintln!("vanish: {e:#}");
+        write_failed = true;
+    }
+    if let Err(e) = hotplug_ctl::output::write_outputs(
+        &report,
+        args.junit.as_deref(),
+        args.kcidb.as_deref(),
+        &meta,
+    ) {
+        eprintln!("vanish: {e:#}");
+        write_failed = true;
+    }
+    if write_failed && code == exit::PASS {
+        return exit::SKIP;
+    }
+    code
+}
+
+/// `--out`, `--junit` and `--kcidb` are checked before anything is provisioned or booted: a
+/// typo there must not cost a whole run and then turn its verdict into "skip".
+fn check_outputs(args: &RunArgs) -> Result<(), String> {
+    if args.out.exists() && !args.out.is_dir() {
+        return Err(format!(
+            "--out {} is a file, not a directory",
+            args.out.display()
+        ));
+    }
+    std::fs::create_dir_all(&args.out)
+        .map_err(|e| format!("--out {}: cannot create it: {e}", args.out.display()))?;
+    tempfile::tempfile_in(&args.out)
+        .map_err(|e| format!("--out {}: not writable: {e}", args.out.display()))?;
+    for (flag, path) in [("--junit", &args.junit), ("--kcidb", &args.kcidb)] {
+        let Some(path) = path else { continue };
+        if path.is_dir() {
+            return Err(format!(
+                "{flag} {} is a directory, not a file",
+                path.display()
+            ));
+        }
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !parent.is_dir() {
+            return Err(format!(
+                "{flag} {}: directory {} does not exist",
+                path.display(),
+                parent.display()
+            ));
+        }
+        tempfile::tempfile_in(&parent)
+            .map_err(|e| format!("{flag} {}: cannot write there: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// `--dry-run`: the command lines, with what provisioning would supply named in `<...>`.

@@ -108,7 +108,11 @@ pub fn args(cfg: &VmConfig) -> Vec<String> {
     ]);
     // iomem=relaxed: Debian's IO_STRICT_DEVMEM forbids mapping BARs a driver has claimed
     // (bochs claims BAR2); the harness reads the dead card's registers through sysfs.
-    let mut append = format!("console=tty0 console={console} panic=-1 loglevel=7 iomem=relaxed");
+    // kasan_multi_shot: KASAN otherwise reports only its first bug and then stays silent, and
+    // the scenarios after it would pass unchecked (a kernel without KASAN ignores it).
+    let mut append = format!(
+        "console=tty0 console={console} panic=-1 loglevel=7 iomem=relaxed kasan_multi_shot"
+    );
     if cfg.arch == Arch::Aarch64 {
         append.push_str(" pci=hpmmiosize=8M,hpmmioprefsize=64M");
     }

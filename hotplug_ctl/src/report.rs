@@ -6,7 +6,111 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::splat::Splat;
+use crate::fingerprint::Subsystem;
+use crate::splat::{Splat, SplatKind};
+use crate::verdict::ScenarioResult;
+
+/// The card's state when a splat was raised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum CardPhase {
+    /// Boot and the driver's first probe.
+    Boot,
+    /// The card is there and answering.
+    #[default]
+    Present,
+    /// The card died (all-ones, no interrupts) and has not left the slot yet.
+    Dead,
+    /// The card (or its driver) is gone.
+    Removed,
+    /// A card came back (bind, rescan, hot-add).
+    ReAdded,
+    /// A client closes the device it held across a removal.
+    LateClose,
+}
+
+impl CardPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CardPhase::Boot => "boot",
+            CardPhase::Present => "present",
+            CardPhase::Dead => "dead",
+            CardPhase::Removed => "removed",
+            CardPhase::ReAdded => "re-added",
+            CardPhase::LateClose => "late-close",
+        }
+    }
+}
+
+/// How a splat was judged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SplatStatus {
+    /// It makes the scenario fail.
+    #[default]
+    New,
+    /// The baseline expects it.
+    Known,
+    /// What dead hardware looks like (see `verdict`); reported, not judged.
+    DeadHardware,
+    /// `--judge-by` was given and this is another signature.
+    NotJudged,
+}
+
+impl SplatStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SplatStatus::New => "new",
+            SplatStatus::Known => "known",
+            SplatStatus::DeadHardware => "dead-hardware",
+            SplatStatus::NotJudged => "not-judged",
+        }
+    }
+
+    /// Which status a folded entry shows when its occurrences differ: the one that matters most.
+    pub fn rank(self) -> u8 {
+        match self {
+            SplatStatus::New => 3,
+            SplatStatus::Known => 2,
+            SplatStatus::DeadHardware => 1,
+            SplatStatus::NotJudged => 0,
+        }
+    }
+}
+
+/// One unique fingerprint of a scenario, its occurrences folded.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FingerprintSummary {
+    pub fingerprint: String,
+    pub kind: SplatKind,
+    pub subsystem: Subsystem,
+    pub phases: Vec<CardPhase>,
+    /// The step during which it first appeared.
+    pub step: String,
+    pub count: usize,
+    /// Console line numbers (1-based, in console.log) of the first and last occurrence.
+    pub first_log_line: usize,
+    pub last_log_line: usize,
+    /// printk time of the first occurrence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<f64>,
+    pub status: SplatStatus,
+    pub headline: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locks: Vec<String>,
+    /// The call trace without report machinery.
+    pub frames: Vec<String>,
+    /// With `--runs N`: in how many runs it appeared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_in_runs: Option<u32>,
+}
+
+/// With `--runs N`: how often a scenario failed.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunsSummary {
+    pub failed: u32,
+    pub of: u32,
+}
 
 /// A scenario's outcome.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,13 +140,41 @@ pub struct FoundSplat {
     #[serde(flatten)]
     pub splat: Splat,
     pub step: String,
+    #[serde(default)]
+    pub fingerprint: String,
+    #[serde(default = "other")]
+    pub subsystem: Subsystem,
+    #[serde(default)]
+    pub phase: CardPhase,
+    /// Occurrences of this fingerprint in the scenario (this one included).
+    #[serde(default)]
+    pub count: usize,
+    #[serde(default)]
+    pub status: SplatStatus,
 }
 
 /// One scenario (or one cycle of a repeated one).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ScenarioReport {
     pub name: String,
+    /// Raw: pass only with no splat and every step held.
     pub verdict: Verdict,
+    /// Judged against the baseline, `--judge-by` and `--runs` (see `verdict`).
+    #[serde(default)]
+    pub result: ScenarioResult,
+    /// The baseline lists this scenario as a flake.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flake_listed: bool,
+    /// Unique fingerprints, folded; `splats` keeps every occurrence.
+    #[serde(default)]
+    pub fingerprints: Vec<FingerprintSummary>,
+    /// With `--runs N`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs: Option<RunsSummary>,
+    /// A debug checker (lockdep, KASAN) turned itself off during this scenario: later
+    /// scenarios of the same boot would have run unchecked, so the next one boots afresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checker_off: Option<String>,
     pub driver_bound: bool,
     pub pci_address: Option<String>,
     pub splats: Vec<FoundSplat>,
@@ -79,6 +211,17 @@ pub struct Report {
     /// Set when the rig failed outside any scenario (QEMU did not start, a download failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// `--runs N`: how many times everything was booted and run.
+    #[serde(default = "one")]
+    pub runs: u32,
+}
+
+fn other() -> Subsystem {
+    Subsystem::Other
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Report {
@@ -110,7 +253,8 @@ impl Report {
         std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))
     }
 
-    /// A short human-readable table, then each splat with its call trace.
+    /// A short human-readable table, then each unique splat with its fingerprint, phase and
+    /// call trace (report machinery dropped).
     pub fn table(&self) -> String {
         // Only what is known: a run that stopped before provisioning names no kernel or QEMU.
         let mut head = vec![format!("vanish {}", self.vanish_version)];
@@ -124,36 +268,60 @@ impl Report {
         if !self.accel.is_empty() {
             head.push(self.accel.to_uppercase());
         }
+        if self.runs > 1 {
+            head.push(format!("{} runs", self.runs));
+        }
         let mut out = head.join(" · ") + "\n";
         out += &format!(
-            "{:<28} {:<7} {:<10} {:<14} {:>6} {:>8}\n",
-            "SCENARIO", "VERDICT", "DRIVER", "PCI", "SPLATS", "TIME"
+            "{:<28} {:<7} {:<7} {:<6} {:<14} {:>6} {:>8}\n",
+            "SCENARIO", "RESULT", "VERDICT", "DRIVER", "PCI", "SPLATS", "TIME"
         );
         for s in &self.scenarios {
+            let result = match s.runs {
+                Some(r) if r.of > 1 => format!("{} {}/{}", s.result.as_str(), r.failed, r.of),
+                _ => s.result.as_str().to_string(),
+            };
             out += &format!(
-                "{:<28} {:<7} {:<10} {:<14} {:>6} {:>7.1}s\n",
+                "{:<28} {:<7} {:<7} {:<6} {:<14} {:>6} {:>7.1}s\n",
                 s.name,
+                result,
                 s.verdict.as_str(),
                 if s.driver_bound { "bound" } else { "-" },
                 s.pci_address.as_deref().unwrap_or("-"),
-                s.splats.len(),
+                s.fingerprints.len(),
                 s.duration_s
             );
             for p in &s.problems {
                 out += &format!("    {p}\n");
             }
+            if let Some(c) = &s.checker_off {
+                out += &format!("    checker off: {c}\n");
+            }
         }
         for s in &self.scenarios {
-            for f in &s.splats {
+            for f in &s.fingerprints {
+                let phases: Vec<&str> = f.phases.iter().map(|p| p.as_str()).collect();
+                let seen = f
+                    .seen_in_runs
+                    .map(|k| format!(", seen in {k}/{} runs", self.runs))
+                    .unwrap_or_default();
                 out += &format!(
-                    "\n[{}] {} during '{}': {}\n",
+                    "\n[{}] {} x{} {} (phase {}, {}, during '{}'{seen})\n    {}\n    fingerprint: {}\n",
                     s.name,
-                    f.splat.kind.as_str(),
+                    f.kind.as_str(),
+                    f.count,
+                    f.status.as_str(),
+                    phases.join(","),
+                    f.subsystem.as_str(),
                     f.step,
-                    f.splat.first_line
+                    f.headline,
+                    f.fingerprint
                 );
-                for frame in f.splat.call_trace.iter().take(12) {
-                    out += &format!("    {frame}\n");
+                if !f.locks.is_empty() {
+                    out += &format!("    locks: {}\n", f.locks.join(" vs "));
+                }
+                for frame in f.frames.iter().take(12) {
+                    out += &format!("      {frame}\n");
                 }
             }
         }
@@ -162,9 +330,21 @@ impl Report {
         }
         out += &format!(
             "verdict: {} ({:.1}s)\n",
-            self.verdict().as_str(),
+            self.judged().as_str(),
             self.duration_s
         );
         out
+    }
+
+    /// The run's overall judged result: the worst scenario result.
+    pub fn judged(&self) -> ScenarioResult {
+        if self.error.is_some() || self.scenarios.is_empty() {
+            return ScenarioResult::Error;
+        }
+        self.scenarios
+            .iter()
+            .map(|s| s.result)
+            .max()
+            .unwrap_or(ScenarioResult::Error)
     }
 }

@@ -13,11 +13,13 @@ use tokio::process::{Child, Command};
 use crate::accel::{self, Accel, AccelChoice};
 use crate::agent::Agent;
 use crate::control::{self, Reply, Request};
+use crate::fingerprint;
 use crate::qemu::{Vm, VmConfig};
 use crate::qmp::Qmp;
-use crate::report::{FoundSplat, Report, ScenarioReport, Verdict};
+use crate::report::{CardPhase, FoundSplat, Report, ScenarioReport, SplatStatus, Verdict};
 use crate::scenario::{ClientKind, Removal, Scenario};
 use crate::splat;
+use crate::splat::SplatKind;
 use crate::steps::StepError;
 
 /// Which kernel to boot.
@@ -59,6 +61,9 @@ pub struct RunConfig {
     pub qemu_opts: Vec<String>,
     /// `--console`: stream the guest console to stderr.
     pub stream_console: bool,
+    /// Set Bus Master Enable on a HIBMC card before its driver loads, as a UEFI that drove the
+    /// console leaves it (`--no-firmware-bme` turns it off: firmware that never touched it).
+    pub firmware_bme: bool,
 }
 
 /// What every boot of a run uses: provisioned once, the accelerator possibly downgraded once.
@@ -255,6 +260,10 @@ pub struct Session {
     /// and fbdev node, as of the last wait-bound.
     pub drm_node: Option<String>,
     pub fb_node: Option<String>,
+    /// The card's state, for attributing splats to a phase.
+    pub phase: CardPhase,
+    /// Nothing ran since this boot came up: the next scenario counts the boot's own lines.
+    pub fresh: bool,
 }
 
 const AGENT_WAIT: Duration = Duration::from_secs(30);
@@ -361,14 +370,26 @@ pub struct ScenarioRun {
     pub screenshot: Option<PathBuf>,
     pub problems: Vec<String>,
     pub observations: BTreeMap<String, serde_json::Value>,
-    /// (first console line, step name) for splat attribution.
-    steps: Vec<(usize, String)>,
+    /// (first console line, step name, card phase) for splat attribution.
+    steps: Vec<(usize, String, CardPhase)>,
     rig_error: Option<String>,
 }
 
 impl ScenarioRun {
-    pub fn begin(name: &str, session: &Session) -> ScenarioRun {
-        let mark = session.vm.console.mark();
+    /// Starts a scenario at the current console line, or with `from_boot` at the first line of
+    /// this boot: a fresh boot's own splats (and the driver's first probe) are counted then, in
+    /// phase `boot`.
+    pub fn begin(name: &str, session: &Session, from_boot: bool) -> ScenarioRun {
+        let mark = if from_boot {
+            0
+        } else {
+            session.vm.console.mark()
+        };
+        let phase = if from_boot {
+            CardPhase::Boot
+        } else {
+            session.phase
+        };
         ScenarioRun {
             name: name.to_string(),
             start: Instant::now(),
@@ -378,7 +399,7 @@ impl ScenarioRun {
             screenshot: None,
             problems: Vec::new(),
             observations: BTreeMap::new(),
-            steps: vec![(mark, "start".into())],
+            steps: vec![(mark, "boot".into(), phase)],
             rig_error: None,
         }
     }
@@ -386,7 +407,14 @@ impl ScenarioRun {
     /// Marks the start of a step (for attributing splats).
     pub fn step(&mut self, session: &Session, name: &str) {
         self.steps
-            .push((session.vm.console.mark(), name.to_string()));
+            .push((session.vm.console.mark(), name.to_string(), session.phase));
+    }
+
+    /// The card changed state within the current step.
+    pub fn phase(&mut self, session: &mut Session, phase: CardPhase) {
+        session.phase = phase;
+        let step = self.steps.last().map(|s| s.1.clone()).unwrap_or_default();
+        self.steps.push((session.vm.console.mark(), step, phase));
     }
 
     pub fn observe(&mut self, key: &str, value: impl Into<serde_json::Value>) {
@@ -407,21 +435,38 @@ impl ScenarioRun {
 
     pub fn finish(self, session: &Session) -> ScenarioReport {
         let log = session.vm.console.text_since(self.log_mark);
-        let splats: Vec<FoundSplat> = splat::find_splats(&log)
+        let module = session.cfg.model.linux_module().replace('-', "_");
+        let mut splats: Vec<FoundSplat> = splat::find_splats(&log)
             .into_iter()
             .map(|mut s| {
                 let at = self.log_mark + s.line.saturating_sub(1);
-                let step = self
+                let (step, phase) = self
                     .steps
                     .iter()
                     .rev()
-                    .find(|(m, _)| *m <= at)
-                    .map(|(_, n)| n.clone())
+                    .find(|(m, _, _)| *m <= at)
+                    .map(|(_, n, p)| (n.clone(), *p))
                     .unwrap_or_default();
                 s.line = at + 1;
-                FoundSplat { splat: s, step }
+                FoundSplat {
+                    fingerprint: fingerprint::fingerprint(&s),
+                    subsystem: fingerprint::attribute(&s, &module),
+                    splat: s,
+                    step,
+                    phase,
+                    count: 0,
+                    status: SplatStatus::New,
+                }
             })
             .collect();
+        let counts: BTreeMap<String, usize> = splats.iter().fold(BTreeMap::new(), |mut m, f| {
+            *m.entry(f.fingerprint.clone()).or_default() += 1;
+            m
+        });
+        for f in &mut splats {
+            f.count = counts.get(&f.fingerprint).copied().unwrap_or(1);
+        }
+        let checker_off = checker_turned_off(&log, &splats);
         let verdict = if self.rig_error.is_some() {
             Verdict::Error
         } else if !self.problems.is_empty() || !splats.is_empty() {
@@ -430,9 +475,14 @@ impl ScenarioRun {
             Verdict::Pass
         };
         let problems = self.problems;
-        ScenarioReport {
+        let mut report = ScenarioReport {
             name: self.name,
             verdict,
+            result: Default::default(),
+            flake_listed: false,
+            fingerprints: Vec::new(),
+            runs: None,
+            checker_off,
             driver_bound: self.driver_bound,
             pci_address: self.pci_address,
             splats,
@@ -441,8 +491,31 @@ impl ScenarioRun {
             problems,
             observations: self.observations,
             kernel_log: log.lines().map(str::to_string).collect(),
+        };
+        report.fingerprints = crate::verdict::summarize(&report);
+        report
+    }
+}
+
+/// Whether a debug checker switched itself off in `log`: lockdep does after its first report
+/// (and says "turning off the locking correctness validator" for some), and after any taint that
+/// makes it unreliable (an Oops: "Disabling lock debugging due to kernel taint").
+fn checker_turned_off(log: &str, splats: &[FoundSplat]) -> Option<String> {
+    if let Some(l) = splats.iter().find(|f| f.splat.kind == SplatKind::Lockdep) {
+        return Some(format!(
+            "lockdep is off after its report ({})",
+            l.splat.first_line
+        ));
+    }
+    for needle in [
+        "turning off the locking correctness validator",
+        "Disabling lock debugging due to kernel taint",
+    ] {
+        if log.contains(needle) {
+            return Some(format!("lockdep is off: \"{needle}\""));
         }
     }
+    None
 }
 
 fn print_step(msg: &str) {
@@ -475,7 +548,7 @@ async fn provision(cfg: &RunConfig, dir: &Path, accel: Accel) -> Result<Rig> {
         let (v, d) = cfg.model.pci_id();
         let bme = write(
             "bme-ids",
-            if cfg.model == ModelKind::Hibmc { format!("{v:#06x} {d:#06x}\n") } else { String::new() },
+            if cfg.model == ModelKind::Hibmc && cfg.firmware_bme { format!("{v:#06x} {d:#06x}\n") } else { String::new() },
         )?;
         let agent = dir.join("vanish-agent");
         std::fs::write(&agent, crate::guest::agent_binary(cfg.arch))?;
@@ -662,6 +735,8 @@ async fn boot(cfg: &RunConfig, rig: &Rig) -> Result<Session> {
         screenshots: 0,
         drm_node: None,
         fb_node: None,
+        phase: CardPhase::Present,
+        fresh: true,
     })
 }
 
@@ -690,7 +765,8 @@ async fn watch_boot(vm: &mut Vm, qmp: &mut Qmp, kvm: bool) -> anyhow::Error {
 
 /// The `boot` scenario: the driver binds to our card, draws fbcon, (hibmc) takes vblank IRQs.
 pub async fn scenario_boot(session: &mut Session) -> ScenarioReport {
-    let mut run = ScenarioRun::begin("boot", session);
+    let mut run = ScenarioRun::begin("boot", session, true);
+    session.fresh = false;
     if let Err(e) = boot_checks(session, &mut run).await {
         run.rig_error(format!("{e:#}"));
     }
@@ -777,8 +853,13 @@ async fn boot_checks(session: &mut Session, run: &mut ScenarioRun) -> Result<()>
         tokio::time::sleep(Duration::from_secs(1)).await;
         let b = session.irq_count("hibmc").await?;
         run.observe("vblank_irqs_per_s", b.saturating_sub(a));
-        // Vblank IRQs flow only while something waits for vblank; after fbcon's modeset they
-        // may stop (drm_vblank_off). Count what the card sent too.
+        run.observe("vblank_irqs_total", b);
+        // Vblank IRQs flow only while something waits for vblank (fbcon's modeset did); after
+        // it they may stop (drm_vblank_off), so the total since boot is what is judged: none
+        // at all means the driver's MSIs never arrived (Bus Master Enable off).
+        if b == 0 {
+            run.fail("no vblank interrupt arrived while fbcon set its mode (the card's MSIs are lost: is Bus Master Enable set?)");
+        }
     }
     Ok(())
 }
@@ -786,7 +867,9 @@ async fn boot_checks(session: &mut Session, run: &mut ScenarioRun) -> Result<()>
 /// Runs one scenario's steps; the first step that does not hold ends it.
 pub async fn run_scenario(session: &mut Session, scenario: &Scenario) -> ScenarioReport {
     print_step(&format!("scenario {}", scenario.name));
-    let mut run = ScenarioRun::begin(&scenario.name, session);
+    let mut run = ScenarioRun::begin(&scenario.name, session, session.fresh);
+    session.fresh = false;
+    session.phase = CardPhase::Present;
     run.driver_bound = session.ever_bound;
     run.pci_address.clone_from(&session.pci_address);
     for step in &scenario.steps {
@@ -844,6 +927,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
         duration_s: 0.0,
         scenarios: Vec::new(),
         error: None,
+        runs: 1,
     };
     let work = tempfile::Builder::new()
         .prefix("vanish-initrd-")
@@ -869,7 +953,9 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
         let boot_report = scenario_boot(&mut session).await;
         // Splats alone do not call for a fresh boot (a tainted kernel still runs the next
         // scenario, and --repeat cycles stay in one boot); a step that did not hold does.
-        let settled = |r: &ScenarioReport| r.problems.is_empty() && r.verdict != Verdict::Error;
+        let settled = |r: &ScenarioReport| {
+            r.problems.is_empty() && r.verdict != Verdict::Error && r.checker_off.is_none()
+        };
         let mut healthy = settled(&boot_report);
         let boot_error = boot_report.verdict == Verdict::Error;
         report.scenarios.push(boot_report);

@@ -139,7 +139,26 @@ pub struct Splat {
     pub line: usize,
     /// printk timestamp in seconds if present
     pub time: Option<f64>,
+    /// lockdep: the locks the report names, in its order (the lock being acquired first, then
+    /// the one already held), e.g. `["pci_rescan_remove_lock", "&ctrl->reset_lock"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locks: Vec<String>,
+    /// The report's other stacks: lockdep's dependency chain entries (`-> #1 (&helper->lock)`),
+    /// KASAN's `Allocated by task 1` / `Freed by task 1`, each with its frames.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stacks: Vec<Stack>,
 }
+
+/// One titled stack of a report besides its call trace.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stack {
+    pub title: String,
+    pub frames: Vec<String>,
+}
+
+/// Most frames one extra stack keeps, and most extra stacks per splat (bounds on guest input).
+const STACK_FRAMES: usize = 64;
+const STACKS: usize = 8;
 
 /// All splats in a full console log, in order of their first line. See the module documentation
 /// for the formats and the decisions taken.
@@ -227,6 +246,17 @@ static FRAME: LazyLock<Regex> = LazyLock::new(|| {
         r"([A-Za-z_.$][\w.$]*\+0x[0-9a-f]+/0x[0-9a-f]+|0x[0-9a-f]{6,16})",
         r"(\s+\[[^\]\s]+(?:\s+[0-9a-f]+)?\])?(?:\s.*)?$"
     ))
+});
+/// A lock as lockdep prints it: `ffff888101c8e290 (&dev->mode_config.mutex){+.+.}-{3:3}, at: …`.
+static LOCK_LINE: LazyLock<Regex> =
+    LazyLock::new(|| re(r"^(?:#\d+: )?[0-9a-f]{8,16} \((.+?)\)\{[^}]*\}"));
+/// A lockdep dependency chain entry: `-> #1 (&helper->lock){+.+.}-{3:3}:`.
+static CHAIN_HEAD: LazyLock<Regex> = LazyLock::new(|| re(r"^-> #\d+ \((.+?)\)\{[^}]*\}.*:$"));
+/// KASAN's allocation and free stacks.
+static KASAN_STACK: LazyLock<Regex> = LazyLock::new(|| {
+    re(
+        r"^(?:Allocated|Freed|Last potentially related work creation|Second to last potentially related work creation) by task \d+|^(?:Allocated|Freed) by task",
+    )
 });
 static TRACE_END: LazyLock<Regex> =
     LazyLock::new(|| re(r"^(?:Modules linked in:|CR2: |Kernel Offset:)"));
@@ -486,6 +516,12 @@ struct Open {
     phase: Phase,
     gap: usize,
     frames: Vec<String>,
+    locks: Vec<String>,
+    /// The last line said a lock follows (`is trying to acquire lock:`).
+    lock_next: bool,
+    stacks: Vec<Stack>,
+    /// Frames go to the last entry of `stacks` (a chain entry or KASAN section is open).
+    in_stack: bool,
 }
 
 impl Open {
@@ -507,6 +543,68 @@ impl Open {
             phase: Phase::Header,
             gap: 0,
             frames: Vec::new(),
+            locks: Vec::new(),
+            lock_next: false,
+            stacks: Vec::new(),
+            in_stack: false,
+        }
+    }
+
+    /// The lockdep and KASAN parts around the call trace: lock names, chain entries, the
+    /// allocation and free stacks. Returns true if the line was taken.
+    fn extra(&mut self, event: &Event, line: &Line<'_>) -> bool {
+        let lockdep = self.kind == Some(SplatKind::Lockdep) && self.phase == Phase::Header;
+        let kasan = self.kind == Some(SplatKind::Kasan) && self.phase == Phase::Done;
+        if !lockdep && !kasan {
+            return false;
+        }
+        match event {
+            Event::Frame(f) if self.in_stack => {
+                if let Some(st) = self.stacks.last_mut() {
+                    if st.frames.len() < STACK_FRAMES {
+                        st.frames.push(f.clone());
+                    }
+                }
+                true
+            }
+            Event::Other => {
+                let msg = line.msg;
+                if lockdep && msg.ends_with("lock:") {
+                    self.lock_next = true;
+                    self.in_stack = false;
+                } else if let Some(c) = LOCK_LINE
+                    .captures(msg)
+                    .filter(|_| lockdep && self.lock_next)
+                {
+                    let name = c[1].to_string();
+                    if !self.locks.contains(&name) {
+                        self.locks.push(name);
+                    }
+                    self.lock_next = false;
+                } else if let Some(c) = CHAIN_HEAD.captures(msg).filter(|_| lockdep) {
+                    self.open_stack(format!("-> ({})", &c[1]));
+                } else if kasan && KASAN_STACK.is_match(msg) {
+                    self.open_stack(msg.trim_end_matches(':').to_string());
+                } else {
+                    self.in_stack = false;
+                }
+                true
+            }
+            Event::Blank => {
+                self.in_stack = false;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn open_stack(&mut self, title: String) {
+        self.in_stack = self.stacks.len() < STACKS;
+        if self.in_stack {
+            self.stacks.push(Stack {
+                title,
+                frames: Vec::new(),
+            });
         }
     }
 
@@ -561,6 +659,9 @@ impl Open {
 
     /// Takes a line of the incident's body.
     fn body(&mut self, event: Event, no: usize, line: &Line<'_>) {
+        if self.extra(&event, line) {
+            return;
+        }
         let framed = !self.frames.is_empty();
         match (self.phase, event) {
             (Phase::Header, Event::CallTrace)
@@ -605,6 +706,8 @@ impl Open {
             call_trace: self.frames,
             line: self.line,
             time: self.time,
+            locks: self.locks,
+            stacks: self.stacks,
         })
     }
 }

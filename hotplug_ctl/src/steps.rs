@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use crate::control::Request;
 use crate::qemu::{CARD_ID, ROOT_PORT_ID};
+use crate::report::CardPhase;
 use crate::runner::{CardServer, ScenarioRun, Session};
 use crate::scenario::{ClientKind, Condition, Removal, Step};
 
@@ -192,6 +193,15 @@ impl Session {
 
     async fn unplug(&mut self, run: &mut ScenarioRun, mode: Removal) -> StepResult {
         let started = Instant::now();
+        // The card dies first in a surprise removal or a server crash; an orderly removal
+        // starts taking it away at once.
+        run.phase(
+            self,
+            match mode {
+                Removal::Surprise | Removal::ServerCrash => CardPhase::Dead,
+                _ => CardPhase::Removed,
+            },
+        );
         match mode {
             Removal::Unbind => self.unbind().await?,
             Removal::RemoveRescan => {
@@ -231,12 +241,14 @@ impl Session {
             &format!("{}_s", mode.name()),
             started.elapsed().as_secs_f64(),
         );
+        run.phase(self, CardPhase::Removed);
         self.last_removal = Some(mode);
         Ok(())
     }
 
     async fn replug(&mut self, run: &mut ScenarioRun) -> StepResult {
         let started = Instant::now();
+        run.phase(self, CardPhase::ReAdded);
         match self.last_removal.take() {
             None => bail_step("replug: the card was not removed")?,
             Some(Removal::Unbind) => self.bind().await?,
@@ -309,6 +321,24 @@ impl Session {
     }
 
     async fn client_close(&mut self, run: &mut ScenarioRun, name: &str) -> StepResult {
+        // A close after the card left (or came back as a new device) is the late close that
+        // frees what the removal left behind.
+        let before = self.phase;
+        let late = matches!(
+            before,
+            CardPhase::Removed | CardPhase::ReAdded | CardPhase::Dead
+        );
+        if late {
+            run.phase(self, CardPhase::LateClose);
+        }
+        let r = self.client_close_inner(run, name).await;
+        if late {
+            run.phase(self, before);
+        }
+        r
+    }
+
+    async fn client_close_inner(&mut self, run: &mut ScenarioRun, name: &str) -> StepResult {
         let out = self
             .agent
             .run(
@@ -535,17 +565,28 @@ impl Session {
             Step::Close(name) => self.client_close(run, name).await?,
             Step::Unplug(mode) => self.unplug(run, *mode).await?,
             Step::Replug => self.replug(run).await?,
-            Step::Bind => self.bind().await?,
+            Step::Bind => {
+                run.phase(self, CardPhase::ReAdded);
+                self.bind().await?
+            }
             Step::Unbind => {
+                run.phase(self, CardPhase::Removed);
                 self.unbind().await?;
                 self.last_removal = Some(Removal::Unbind);
             }
             Step::Rescan => {
+                run.phase(self, CardPhase::ReAdded);
                 self.rescan().await?;
                 self.last_removal = None;
             }
-            Step::Dead => self.set_dead(true).await?,
-            Step::Alive => self.set_dead(false).await?,
+            Step::Dead => {
+                run.phase(self, CardPhase::Dead);
+                self.set_dead(true).await?
+            }
+            Step::Alive => {
+                self.set_dead(false).await?;
+                run.phase(self, CardPhase::Present);
+            }
             Step::Sleep(d) => tokio::time::sleep(*d).await,
             Step::Screenshot(name) => {
                 let path = self.next_screenshot(&run.name, name);
