@@ -409,8 +409,9 @@ pub enum Closed {
 ///
 /// Invariants: `rx[start..end]` is received and unhandled, `stream_pos` is the stream offset of
 /// `rx[start]`; `rx.len()` is `MAX_MESSAGE` rounded up, so any sane message fits once
-/// compacted; while `tx` is non-empty nothing more is handled (backpressure: a client that does
-/// not read its replies stops being read).
+/// compacted; while a send is `blocked` nothing more is received or handled (backpressure: a
+/// client that does not read its replies stops being read), so `tx` holds at most the replies
+/// of one receive; at most one reply in `tx` carries an fd (`tx_fd`), sent with its first byte.
 pub struct Connection {
     stream: UnixStream,
     session: Session,
