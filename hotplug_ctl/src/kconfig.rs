@@ -517,11 +517,10 @@ pub fn merge(base: &str, wants: &[Want]) -> String {
 
 /// Whether the final config holds the option as wanted.
 fn kept(cfg: &BTreeMap<String, String>, w: &Want) -> bool {
-    match (w.val, cfg.get(w.sym).map(String::as_str)) {
-        (Val::Y, Some("y")) => true,
-        (Val::M, Some("y" | "m")) => true,
-        _ => false,
-    }
+    matches!(
+        (w.val, cfg.get(w.sym).map(String::as_str)),
+        (Val::Y, Some("y")) | (Val::M, Some("y" | "m"))
+    )
 }
 
 // ---------------------------------------------------------------------------------------------

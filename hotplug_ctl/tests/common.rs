@@ -140,3 +140,69 @@ pub fn assert_clean_log(run: &Run) {
         assert!(!log.contains(bad), "kernel log contains {bad:?}");
     }
 }
+
+/// The vanish checkout (for `ci/*.sh`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Debian's linux-source-SERIES, unpacked once into the vanish cache (read-only: build it with
+/// O=, or copy it).
+pub fn kernel_source(series: &str) -> PathBuf {
+    let cache = images::Cache::from_env().expect("vanish cache");
+    images::provision_kernel_source(&cache, series)
+        .unwrap_or_else(|e| panic!("linux-source-{series}: {e}"))
+        .dir
+}
+
+/// Runs `ci/build-kernel.sh ARCH CARD` with `env` (SRC, OUT, BASE, ...); returns the image path
+/// it printed and how long it took. Panics with the script's stderr on failure.
+pub fn build_kernel(
+    arch: &str,
+    card: &str,
+    env: &[(&str, &Path)],
+) -> (PathBuf, std::time::Duration) {
+    let start = std::time::Instant::now();
+    let mut cmd = Command::new(repo_root().join("ci/build-kernel.sh"));
+    cmd.args([arch, card])
+        .env("VANISH", env!("CARGO_BIN_EXE_vanish"))
+        .env("JOBS", std::env::var("JOBS").unwrap_or_else(|_| "2".into()));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("running ci/build-kernel.sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert!(
+        out.status.success(),
+        "build-kernel.sh failed ({}): {stderr}",
+        out.status
+    );
+    let image = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (PathBuf::from(image), start.elapsed())
+}
+
+/// `git -C dir ARGS` with a fixed identity; panics on failure; returns stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=vanish test",
+            "-c",
+            "user.email=vanish@example.org",
+        ])
+        .args(args)
+        .output()
+        .expect("running git");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
