@@ -247,12 +247,29 @@ fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(async {
+        // SIGTERM (timeout, systemd, CI cancellation) and SIGHUP end a run like Ctrl-C: the
+        // children are stopped, the sockets and temp dirs removed, a partial report written.
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut hup), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            eprintln!("vanish: cannot install signal handlers");
+            return exit::SKIP;
+        };
+        let stopped = |name: &str, code: i32| {
+            eprintln!("vanish: {name}; stopping QEMU and the card server");
+            if let Some(path) = runner::write_interrupted_report(name) {
+                eprintln!("vanish: partial report in {}", path.display());
+            }
+            code
+        };
         tokio::select! {
             code = dispatch(cli) => code,
-            _ = tokio::signal::ctrl_c() => {
-                eprintln!("vanish: interrupted; stopping QEMU and the card server");
-                130
-            }
+            _ = int.recv() => stopped("SIGINT", 130),
+            _ = term.recv() => stopped("SIGTERM", 143),
+            _ = hup.recv() => stopped("SIGHUP", 129),
         }
     });
     // Dropping the runtime drops every task: QEMU and server children are killed on drop,

@@ -867,6 +867,7 @@ async fn boot_checks(session: &mut Session, run: &mut ScenarioRun) -> Result<()>
 /// Runs one scenario's steps; the first step that does not hold ends it.
 pub async fn run_scenario(session: &mut Session, scenario: &Scenario) -> ScenarioReport {
     print_step(&format!("scenario {}", scenario.name));
+    progress(|p| p.current = Some(scenario.name.clone()));
     let mut run = ScenarioRun::begin(&scenario.name, session, session.fresh);
     session.fresh = false;
     session.phase = CardPhase::Present;
@@ -901,6 +902,69 @@ pub async fn run_scenario(session: &mut Session, scenario: &Scenario) -> Scenari
     run.finish(session)
 }
 
+/// What a run has done so far, for the report a signal leaves behind.
+#[derive(Default)]
+pub struct Progress {
+    pub out: Option<PathBuf>,
+    pub report: Option<Report>,
+    /// The scenario running now.
+    pub current: Option<String>,
+}
+
+static PROGRESS: std::sync::Mutex<Progress> = std::sync::Mutex::new(Progress {
+    out: None,
+    report: None,
+    current: None,
+});
+
+fn progress(f: impl FnOnce(&mut Progress)) {
+    f(&mut PROGRESS.lock().unwrap_or_else(|e| e.into_inner()));
+}
+
+/// After SIGINT/SIGTERM/SIGHUP: writes `report.json` with what finished, the interrupted
+/// scenario marked `error`. Returns where it was written.
+pub fn write_interrupted_report(signal: &str) -> Option<PathBuf> {
+    let p = PROGRESS.lock().unwrap_or_else(|e| e.into_inner());
+    let out = p.out.clone()?;
+    let mut report = p.report.clone().unwrap_or_else(|| Report {
+        vanish_version: env!("CARGO_PKG_VERSION").to_string(),
+        qemu_version: String::new(),
+        kernel: String::new(),
+        kernel_image: PathBuf::new(),
+        arch: String::new(),
+        model: String::new(),
+        accel: String::new(),
+        console_log: out.join("console.log"),
+        duration_s: 0.0,
+        scenarios: Vec::new(),
+        error: None,
+        runs: 1,
+    });
+    let what = p.current.clone().unwrap_or_else(|| "boot".into());
+    let mut interrupted = ScenarioReport {
+        name: what.clone(),
+        verdict: Verdict::Error,
+        result: crate::verdict::ScenarioResult::Error,
+        flake_listed: false,
+        fingerprints: Vec::new(),
+        runs: None,
+        checker_off: None,
+        driver_bound: false,
+        pci_address: None,
+        splats: Vec::new(),
+        screenshot: None,
+        duration_s: 0.0,
+        problems: vec![format!("interrupted by {signal}")],
+        observations: BTreeMap::new(),
+        kernel_log: Vec::new(),
+    };
+    interrupted.fingerprints.clear();
+    report.scenarios.push(interrupted);
+    report.error = Some(format!("interrupted by {signal} during {what}"));
+    let path = out.join("report.json");
+    report.write_json(&path).ok().map(|_| path)
+}
+
 /// `vanish run`: everything, from provisioning to the report. Never returns Err for rig
 /// problems: those become a report with an error and exit code 125.
 pub async fn run(cfg: RunConfig) -> Result<Report> {
@@ -915,6 +979,13 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
         let _ = std::fs::remove_file(cfg.out.join(stale));
     }
     let started = Instant::now();
+    progress(|p| {
+        *p = Progress {
+            out: Some(cfg.out.clone()),
+            report: None,
+            current: None,
+        }
+    });
     let mut report = Report {
         vanish_version: env!("CARGO_PKG_VERSION").to_string(),
         qemu_version: String::new(),
@@ -959,6 +1030,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
         let mut healthy = settled(&boot_report);
         let boot_error = boot_report.verdict == Verdict::Error;
         report.scenarios.push(boot_report);
+        progress(|p| p.report = Some(report.clone()));
         if boot_error {
             shutdown(session).await;
             return Ok(());
@@ -974,6 +1046,10 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
             print_step(&format!("{}: {}", result.name, result.verdict.as_str()));
             healthy = settled(&result);
             report.scenarios.push(result);
+            progress(|p| {
+                p.report = Some(report.clone());
+                p.current = None;
+            });
         }
         shutdown(session).await;
         Ok(())

@@ -146,6 +146,27 @@ pub enum Condition {
     ClientExited(String),
     /// The named client is still running and drawing (not killed, not hung).
     ClientAlive(String),
+    /// What the named client's mapping does now (after a removal): reads back zeros (TTM's
+    /// dummy page after drm_dev_unplug()), still takes writes (stale pages), or faulted.
+    ClientMapping(String, MappingState),
+}
+
+/// How a client's mapping of the device behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MappingState {
+    Zeroed,
+    Stale,
+    Faulted,
+}
+
+impl MappingState {
+    pub fn name(self) -> &'static str {
+        match self {
+            MappingState::Zeroed => "zeroed",
+            MappingState::Stale => "stale",
+            MappingState::Faulted => "faulted",
+        }
+    }
 }
 
 impl fmt::Display for Condition {
@@ -163,6 +184,7 @@ impl fmt::Display for Condition {
             Condition::ClientIoctlError(n, e) => write!(f, "client {n} ioctl-error {e}"),
             Condition::ClientExited(n) => write!(f, "client {n} exited"),
             Condition::ClientAlive(n) => write!(f, "client {n} alive"),
+            Condition::ClientMapping(n, m) => write!(f, "client {n} mapping {}", m.name()),
         }
     }
 }
@@ -281,9 +303,18 @@ fn parse_condition(words: &[&str]) -> Result<Condition, String> {
         }
         ["client", name, "exited"] => Condition::ClientExited(name.to_string()),
         ["client", name, "alive"] => Condition::ClientAlive(name.to_string()),
+        ["client", name, "mapping", state] => Condition::ClientMapping(
+            name.to_string(),
+            match *state {
+                "zeroed" => MappingState::Zeroed,
+                "stale" => MappingState::Stale,
+                "faulted" => MappingState::Faulted,
+                other => return Err(format!("unknown mapping state '{other}' (expected zeroed, stale or faulted)")),
+            },
+        ),
         _ => {
             return Err(format!(
-                "unknown condition '{}' (expected bound, unbound, gone, drawing, pattern, bar-reads-ones, vblank, first-mode WxH, client NAME signal SIGxxx, client NAME ioctl-error Exxx, client NAME exited, client NAME alive)",
+                "unknown condition '{}' (expected bound, unbound, gone, drawing, pattern, bar-reads-ones, vblank, first-mode WxH, client NAME signal SIGxxx, client NAME ioctl-error Exxx, client NAME exited, client NAME alive, client NAME mapping zeroed|stale|faulted)",
                 words.join(" ")
             ))
         }

@@ -15,7 +15,7 @@ use crate::control::Request;
 use crate::qemu::{CARD_ID, ROOT_PORT_ID};
 use crate::report::CardPhase;
 use crate::runner::{CardServer, ScenarioRun, Session};
-use crate::scenario::{ClientKind, Condition, Removal, Step};
+use crate::scenario::{ClientKind, Condition, MappingState, Removal, Step};
 
 /// Why a step did not hold.
 pub enum StepError {
@@ -494,6 +494,35 @@ impl Session {
                     .is_none_or(|c| c == "ok");
                 if r.get("exited") != Some(&Value::Bool(true)) || !closed_ok {
                     return fail(format!("client {name} did not close and exit cleanly: {r}"));
+                }
+            }
+            Condition::ClientMapping(name, want) => {
+                let r = self.client_report(name).await?;
+                let signals = r
+                    .get("signals")
+                    .and_then(Value::as_object)
+                    .is_some_and(|m| !m.is_empty());
+                let replaced = r.get("mapping").and_then(Value::as_str) == Some("replaced");
+                let readback = r.get("readback").and_then(Value::as_str).unwrap_or("none");
+                let seen = if signals || replaced {
+                    MappingState::Faulted
+                } else if readback == "zero" {
+                    MappingState::Zeroed
+                } else if readback == "echo" {
+                    MappingState::Stale
+                } else {
+                    return fail(format!(
+                        "client {name} has no mapping to judge (readback {readback})"
+                    ));
+                };
+                run.observe(&format!("client_{name}_mapping"), seen.name());
+                if seen != *want {
+                    return fail(format!(
+                        "client {name}'s mapping is {}, not {} (readback {readback}, signals {})",
+                        seen.name(),
+                        want.name(),
+                        r.get("signals").unwrap_or(&Value::Null)
+                    ));
                 }
             }
             Condition::ClientAlive(name) => {

@@ -84,6 +84,7 @@ pub fn vanish(args: &[&str]) -> Run {
     let report = std::fs::read_to_string(out.path().join("report.json"))
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok());
+    keep_outputs(args);
     let run = Run {
         code: output.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&output.stdout).into(),
@@ -93,6 +94,29 @@ pub fn vanish(args: &[&str]) -> Run {
     };
     eprintln!("{}", run.summary());
     run
+}
+
+/// With `VANISH_E2E_ARTIFACTS` set (`.ci/run` sets it), the JUnit and KCIDB files a run wrote
+/// are copied there, so CI can validate every one with kcidb-io and a JUnit parser.
+pub fn keep_outputs(args: &[&str]) {
+    let Some(dir) = std::env::var_os("VANISH_E2E_ARTIFACTS") else {
+        return;
+    };
+    let _ = std::fs::create_dir_all(&dir);
+    for pair in args.windows(2) {
+        let ext = match pair[0] {
+            "--junit" => "xml",
+            "--kcidb" => "json",
+            _ => continue,
+        };
+        let src = Path::new(pair[1]);
+        if src.is_file() {
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = format!("{}-{n}.{ext}", std::process::id());
+            let _ = std::fs::copy(src, Path::new(&dir).join(name));
+        }
+    }
 }
 
 /// Decodes a PNG into (width, height, rgb).

@@ -221,6 +221,12 @@ pub struct Status {
     pub munmap: Option<String>,
     /// "none", "device", "replaced" (faulted, anonymous pages patched in) or "unmapped".
     pub mapping: &'static str,
+    /// What the last read-back of a word just written to the mapping returned: "echo" (the
+    /// write landed: the device or its stale pages are still behind the mapping), "zero" (a
+    /// zeroed dummy page, as TTM maps after drm_dev_unplug()), "other", or "none" (no mapping).
+    pub readback: &'static str,
+    /// Read-backs by outcome.
+    pub readbacks: BTreeMap<String, u64>,
     pub exited: bool,
     path: PathBuf,
     started: Instant,
@@ -242,6 +248,8 @@ impl Status {
             close: None,
             munmap: None,
             mapping: "none",
+            readback: "none",
+            readbacks: BTreeMap::new(),
             exited: false,
             path: path.to_path_buf(),
             started: Instant::now(),
@@ -280,6 +288,11 @@ impl Status {
             .opt_str("close", self.close.as_deref())
             .opt_str("munmap", self.munmap.as_deref())
             .str("mapping", self.mapping)
+            .str("readback", self.readback)
+            .raw(
+                "readbacks",
+                json::counters(self.readbacks.iter().map(|(k, v)| (k.as_str(), *v))),
+            )
             .bool("exited", self.exited)
             .num("t_ms", self.started.elapsed().as_millis());
         o
@@ -424,6 +437,35 @@ fn draw(s: &Session, frame: u64, track_only: bool) {
     surface.draw(rows, frame, &*s.pack, &mapping_lost);
 }
 
+/// Writes a frame-dependent word to the last pixel of the mapping and reads it back: after a
+/// removal this tells a zeroed dummy page from stale pages that still take writes.
+fn probe_mapping(s: &Session, st: &mut Status, frame: u64) {
+    // A read-only idle client has no surface; a kms or fbdev client has one.
+    let Some(surface) = &s.surface else { return };
+    if mapping_lost() || surface.len < 4 {
+        return;
+    }
+    let value = 0x0100_0000u32 | (frame as u32 & 0x00ff_ffff);
+    let offset = (surface.len - 4) & !3;
+    // SAFETY: offset + 4 <= len, inside our live shared mapping; volatile so the read is not
+    // folded into the write. A fault here is caught by the SIGBUS/SIGSEGV handler, which patches
+    // anonymous memory under the page and sets mapping_lost().
+    let got = unsafe {
+        let p = surface.ptr.add(offset) as *mut u32;
+        std::ptr::write_volatile(p, value);
+        std::ptr::read_volatile(p)
+    };
+    if mapping_lost() {
+        return;
+    }
+    st.readback = match got {
+        v if v == value => "echo",
+        0 => "zero",
+        _ => "other",
+    };
+    *st.readbacks.entry(st.readback.to_string()).or_default() += 1;
+}
+
 /// One frame's ioctls.
 fn poll(fd: RawFd, s: &Session, st: &mut Status) {
     match s.poll {
@@ -512,6 +554,8 @@ pub fn run(kind: Kind, device: &str, status_path: &Path) -> i32 {
         if session.surface.is_some() {
             st.frames += 1;
             draw(&session, st.frames, true);
+            let frame = st.frames;
+            probe_mapping(&session, &mut st, frame);
         }
         poll(fd, &session, &mut st);
         if mapping_lost() && st.mapping == "device" {
@@ -596,6 +640,8 @@ mod tests {
             "ignored_errors",
             "munmap",
             "mapping",
+            "readback",
+            "readbacks",
             "t_ms",
         ] {
             assert!(o.get(key).is_some(), "{key} missing");
