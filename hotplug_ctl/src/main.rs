@@ -453,7 +453,14 @@ async fn cmd_run(args: RunArgs) -> i32 {
         return exit::USAGE;
     }
     let baseline = match &args.baseline {
-        Some(path) => match Baseline::load(path) {
+        Some(path) => match Baseline::load_for(
+            path,
+            Some(&format!(
+                "{}-{}",
+                args.card.model.name(),
+                args.arch.debian()
+            )),
+        ) {
             Ok(b) => Some(b),
             Err(e) => {
                 eprintln!("vanish: --baseline: {e}");
