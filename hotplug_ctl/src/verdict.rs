@@ -577,6 +577,26 @@ mod tests {
     }
 
     #[test]
+    fn every_shipped_baseline_parses() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/baselines");
+        let mut n = 0;
+        for dir in std::fs::read_dir(&root).unwrap().flatten() {
+            for stem in ["hibmc-arm64", "bochs-arm64", "bochs-amd64"] {
+                let has = std::fs::read_dir(dir.path())
+                    .unwrap()
+                    .flatten()
+                    .any(|f| f.file_name().to_string_lossy().starts_with(stem));
+                if has {
+                    Baseline::load_for(&dir.path(), Some(stem))
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    n += 1;
+                }
+            }
+        }
+        assert!(n >= 5, "{n} baselines");
+    }
+
+    #[test]
     fn baselines_parse_and_bad_ones_name_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
         write(
