@@ -97,10 +97,13 @@ struct CardArgs {
 struct RunArgs {
     #[command(flatten)]
     card: CardArgs,
-    /// Guest architecture: aarch64 (virt) or x86_64 (q35).
-    #[arg(long, default_value = "aarch64")]
-    arch: Arch,
-    /// Your kernel image (arch/arm64/boot/Image, arch/x86/boot/bzImage).
+    /// Guest architecture: aarch64 (virt) or x86_64 (q35). Default: a --kernel tree's own
+    /// architecture, else aarch64.
+    #[arg(long)]
+    arch: Option<Arch>,
+    /// Your kernel: an image (arch/arm64/boot/Image, arch/x86/boot/bzImage), or a kernel build
+    /// directory / built source tree (in-tree or O=), whose image, modules, release and git
+    /// commit vanish finds itself.
     #[arg(long, conflicts_with = "debian_kernel")]
     kernel: Option<PathBuf>,
     /// Modules for --kernel: an INSTALL_MOD_PATH tree (holding lib/modules/RELEASE).
@@ -440,7 +443,42 @@ async fn cmd_kernels(arch: Arch, offline: bool) -> i32 {
     }
 }
 
-async fn cmd_run(args: RunArgs) -> i32 {
+async fn cmd_run(mut args: RunArgs) -> i32 {
+    // A kernel tree: resolved first, since its .config says the architecture. The tree (and
+    // the temporary modules root it owns) lives until the run is over.
+    let tree = match args.kernel.as_deref().filter(|k| k.is_dir()) {
+        Some(dir) => {
+            let driver = match args.card.model {
+                ModelKind::Hibmc => "DRM_HISI_HIBMC",
+                ModelKind::Bochs => "DRM_BOCHS",
+            };
+            match images::kernel_tree::resolve(dir, args.arch, Some(driver)) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    // A tree without the card's driver cannot be judged (a bisect skips it);
+                    // anything else is the wrong directory or a tree never built.
+                    let code = if e.to_string().contains(driver) {
+                        exit::SKIP
+                    } else {
+                        exit::USAGE
+                    };
+                    eprintln!("vanish: --kernel: {e}");
+                    return code;
+                }
+            }
+        }
+        None => None,
+    };
+    let arch = args
+        .arch
+        .or(tree.as_ref().map(|t| t.arch))
+        .unwrap_or(Arch::Aarch64);
+    if let Some(git) = tree.as_ref().and_then(|t| t.git.as_ref()) {
+        args.git_commit.get_or_insert_with(|| git.commit.clone());
+        if let Some(url) = &git.remote {
+            args.git_url.get_or_insert_with(|| url.clone());
+        }
+    }
     if let Err(e) = check_outputs(&args) {
         eprintln!("vanish: {e}");
         return exit::USAGE;
@@ -455,11 +493,7 @@ async fn cmd_run(args: RunArgs) -> i32 {
     let baseline = match &args.baseline {
         Some(path) => match Baseline::load_for(
             path,
-            Some(&format!(
-                "{}-{}",
-                args.card.model.name(),
-                args.arch.debian()
-            )),
+            Some(&format!("{}-{}", args.card.model.name(), arch.debian())),
         ) {
             Ok(b) => Some(b),
             Err(e) => {
@@ -470,12 +504,16 @@ async fn cmd_run(args: RunArgs) -> i32 {
         None => None,
     };
     if args.kernel.is_none() {
-        if let Err(e) = images::check_kernel_version(&args.debian_kernel, args.arch) {
+        if let Err(e) = images::check_kernel_version(&args.debian_kernel, arch) {
             eprintln!("vanish: --debian-kernel: {e}");
             return exit::USAGE;
         }
     }
     let kernel = match args.kernel {
+        Some(_) if tree.is_some() => match &tree {
+            Some(t) => KernelChoice::Resolved(t.guest_kernel()),
+            None => return exit::SKIP,
+        },
         Some(image) => {
             if !image.is_file() {
                 eprintln!("vanish: kernel image {} does not exist", image.display());
@@ -532,7 +570,7 @@ async fn cmd_run(args: RunArgs) -> i32 {
     };
     let cfg = RunConfig {
         model: args.card.model,
-        arch: args.arch,
+        arch,
         kernel,
         out: args.out,
         vram_size: args.card.vram_size,
@@ -671,6 +709,7 @@ fn dry_run(cfg: &RunConfig) -> i32 {
     }
     let kernel = match &cfg.kernel {
         KernelChoice::User { image, .. } => image.clone(),
+        KernelChoice::Resolved(k) => k.image.clone(),
         KernelChoice::Debian(v) => {
             PathBuf::from(format!("<Debian {v} kernel for {}>", cfg.arch.debian()))
         }

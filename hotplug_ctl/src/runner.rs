@@ -32,6 +32,8 @@ pub enum KernelChoice {
         image: PathBuf,
         modules: Option<PathBuf>,
     },
+    /// A kernel already found (a build directory resolved by `images::kernel_tree`).
+    Resolved(GuestKernel),
 }
 
 /// Everything `vanish run` was asked to do.
@@ -532,6 +534,7 @@ async fn provision(cfg: &RunConfig, dir: &Path, accel: Accel) -> Result<Rig> {
         let kernel = match &cfg.kernel {
             KernelChoice::Debian(v) => images::provision_debian_kernel(&cache, cfg.arch, v)?,
             KernelChoice::User { image, modules } => images::user_kernel(cfg.arch, image, modules.as_deref())?,
+            KernelChoice::Resolved(k) => k.clone(),
         };
         let driver = cfg.model.linux_module();
         let support = ["virtio_pci", "virtio_console"];
