@@ -455,8 +455,13 @@ pub const REGION_INFO_FLAG_CAPS: u32 = 8;
 const REGION_INFO_SIZE: u32 = 32;
 const SPARSE_CAP_SIZE: u32 = 8 + 8 + 16;
 
-/// DEVICE_GET_REGION_INFO reply payload, cut to the client's `argsz` as VFIO does: when the
-/// capabilities do not fit, `argsz` says how much is needed, CAPS is set and `cap_offset` is 0.
+/// DEVICE_GET_REGION_INFO reply payload, cut to the client's `argsz`: when the capabilities do
+/// not fit, `argsz` says how much is needed and only the 32-byte struct is sent.
+///
+/// Whenever CAPS is set, `cap_offset` is 32, even in the cut reply. The kernel's VFIO writes 0
+/// there, but QEMU's vfio-user client (`vfio_user_device_io_get_region_info`) refuses a reply
+/// with CAPS set and `cap_offset` outside `[32, argsz]` with EINVAL ("failed to get region 0
+/// info: Invalid argument") before it looks at `argsz` to retry. The crate server did the same.
 pub fn encode_region_info(out: &mut Vec<u8>, index: u32, info: &RegionInfo, argsz: u32) {
     let full = REGION_INFO_SIZE
         + if info.sparse.is_some() {
@@ -472,7 +477,12 @@ pub fn encode_region_info(out: &mut Vec<u8>, index: u32, info: &RegionInfo, args
     put_u32(out, full);
     put_u32(out, flags);
     put_u32(out, index);
-    put_u32(out, if caps_fit { REGION_INFO_SIZE } else { 0 });
+    let cap_offset = if info.sparse.is_some() {
+        REGION_INFO_SIZE
+    } else {
+        0
+    };
+    put_u32(out, cap_offset);
     put_u64(out, info.size);
     put_u64(out, info.offset);
     if let (true, Some((offset, size))) = (caps_fit, info.sparse) {
