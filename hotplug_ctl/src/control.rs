@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use device::Card;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 /// A request on the control socket.
@@ -115,40 +115,75 @@ pub fn handle(card: &Card, request: &Request) -> Reply {
     }
 }
 
-/// Serves the control socket at `path` until the task is dropped.
-pub async fn serve(path: &Path, card: Arc<Card>) -> Result<()> {
+/// Longest request line; a longer one gets one error reply and the connection is closed.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Binds the control socket at `path` (mode 0600). Separate from [`serve`] so the caller can
+/// announce the socket only once it accepts connections.
+pub fn bind(path: &Path) -> Result<UnixListener> {
     let listener = UnixListener::bind(path)
         .with_context(|| format!("binding control socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves the control socket until the task is dropped. An accept error (fd exhaustion, a
+/// client gone before accept) is logged and waited out, never the end of the card server.
+pub async fn serve(listener: UnixListener, card: Arc<Card>) -> Result<()> {
     loop {
-        let (stream, _) = listener.accept().await?;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                log::warn!("control socket: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let card = Arc::clone(&card);
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
-            let mut lines = BufReader::new(read).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let reply = match serde_json::from_str::<Request>(&line) {
-                    Ok(request) => {
-                        let card = Arc::clone(&card);
-                        tokio::task::spawn_blocking(move || handle(&card, &request))
-                            .await
-                            .unwrap_or_else(|e| Reply {
-                                ok: false,
-                                error: Some(e.to_string()),
-                                status: None,
-                                ink: None,
-                            })
-                    }
-                    Err(e) => Reply {
+            // Bounded: a line without a newline is not buffered past MAX_LINE.
+            let mut reader = BufReader::new(read);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                let mut limited = (&mut reader).take(MAX_LINE as u64 + 1);
+                match limited.read_until(b'\n', &mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let too_long = buf.len() > MAX_LINE;
+                let reply = if too_long {
+                    Reply {
                         ok: false,
-                        error: Some(format!("bad request: {e}")),
+                        error: Some(format!("request longer than {MAX_LINE} bytes")),
                         status: None,
                         ink: None,
-                    },
+                    }
+                } else {
+                    match serde_json::from_slice::<Request>(&buf) {
+                        Ok(request) => {
+                            let card = Arc::clone(&card);
+                            tokio::task::spawn_blocking(move || handle(&card, &request))
+                                .await
+                                .unwrap_or_else(|e| Reply {
+                                    ok: false,
+                                    error: Some(e.to_string()),
+                                    status: None,
+                                    ink: None,
+                                })
+                        }
+                        Err(e) => Reply {
+                            ok: false,
+                            error: Some(format!("bad request: {e}")),
+                            status: None,
+                            ink: None,
+                        },
+                    }
                 };
                 let mut out = serde_json::to_string(&reply).unwrap_or_default();
                 out.push('\n');
-                if write.write_all(out.as_bytes()).await.is_err() {
+                if write.write_all(out.as_bytes()).await.is_err() || too_long {
                     break;
                 }
             }

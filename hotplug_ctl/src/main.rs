@@ -306,6 +306,10 @@ async fn dispatch(cli: Cli) -> i32 {
             };
             match serve::serve(cfg).await {
                 Ok(()) => exit::PASS,
+                Err(e) if e.downcast_ref::<serve::UsageError>().is_some() => {
+                    eprintln!("vanish serve: {e}");
+                    exit::USAGE
+                }
                 Err(e) => {
                     eprintln!("vanish serve: {e:#}");
                     exit::SKIP
@@ -478,6 +482,15 @@ async fn cmd_run(mut args: RunArgs) -> i32 {
         if let Some(url) = &git.remote {
             args.git_url.get_or_insert_with(|| url.clone());
         }
+    }
+    if let Err(e) = serve::validate_card(
+        args.card.model,
+        args.card.vram_size,
+        args.card.edid.as_deref(),
+        args.card.no_monitor,
+    ) {
+        eprintln!("vanish: {e}");
+        return exit::USAGE;
     }
     if let Err(e) = check_outputs(&args) {
         eprintln!("vanish: {e}");

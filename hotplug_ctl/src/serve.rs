@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use device::{build_model, Card, CardOptions, ModelKind, Server};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -30,20 +30,43 @@ pub fn device_arg(socket: &Path, id: &str, bus: &str) -> String {
     .to_string()
 }
 
-/// Card options from the command line, with the EDID file validated up front.
-pub fn card_options(config: &ServeConfig) -> Result<CardOptions> {
-    let vram_size = config.vram_size.unwrap_or(config.model.default_vram_size());
-    if !vram_size.is_power_of_two() || vram_size < (1 << 20) {
-        bail!(
-            "--vram-size {vram_size} is not a power of two of at least 1 MiB (a PCI BAR must be)"
-        );
+/// A bad card option or path: `vanish` exits 2 (usage) for it, not 125.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
-    let edid = match &config.edid {
+}
+
+impl std::error::Error for UsageError {}
+
+/// Largest VRAM BAR: the hotplug root port reserves a 64 MiB prefetchable window
+/// (`pref32-reserve=64M`, `hpmmioprefsize=64M`), and a hot-added card's BAR must fit in it.
+pub const MAX_VRAM: u64 = 64 << 20;
+
+/// Card options from the command line, every one checked here, once: VRAM a power of two from
+/// 1 MiB to [`MAX_VRAM`], the EDID file readable and valid.
+pub fn validate_card(
+    model: ModelKind,
+    vram_size: Option<u64>,
+    edid: Option<&Path>,
+    no_monitor: bool,
+) -> Result<CardOptions, UsageError> {
+    let vram_size = vram_size.unwrap_or(model.default_vram_size());
+    if !vram_size.is_power_of_two() || !((1 << 20)..=MAX_VRAM).contains(&vram_size) {
+        return Err(UsageError(format!(
+            "--vram-size {vram_size}: a power of two from 1 MiB to {} MiB (a PCI BAR that fits the hotplug window)",
+            MAX_VRAM >> 20
+        )));
+    }
+    let edid = match edid {
         Some(path) => {
-            let blob =
-                std::fs::read(path).with_context(|| format!("reading EDID {}", path.display()))?;
+            let blob = std::fs::read(path)
+                .map_err(|e| UsageError(format!("--edid {}: {e}", path.display())))?;
             device::edid::validate(&blob)
-                .map_err(|e| anyhow::anyhow!("EDID {}: {e}", path.display()))?;
+                .map_err(|e| UsageError(format!("--edid {}: {e}", path.display())))?;
             Some(blob)
         }
         None => None,
@@ -51,39 +74,46 @@ pub fn card_options(config: &ServeConfig) -> Result<CardOptions> {
     Ok(CardOptions {
         vram_size,
         edid,
-        no_monitor: config.no_monitor,
+        no_monitor,
     })
+}
+
+/// Card options of a `serve` configuration.
+pub fn card_options(config: &ServeConfig) -> Result<CardOptions> {
+    Ok(validate_card(
+        config.model,
+        config.vram_size,
+        config.edid.as_deref(),
+        config.no_monitor,
+    )?)
 }
 
 /// Runs the server until SIGINT/SIGTERM; removes its sockets on the way out.
 pub async fn serve(config: ServeConfig) -> Result<()> {
     let options = card_options(&config)?;
     if config.socket.exists() {
-        bail!(
+        return Err(UsageError(format!(
             "socket {} already exists (another server, or a stale file to remove)",
             config.socket.display()
-        );
+        ))
+        .into());
+    }
+    if let Some(path) = config.control.as_ref().filter(|p| p.exists()) {
+        return Err(UsageError(format!("control socket {} already exists", path.display())).into());
     }
     let card = Card::new(build_model(config.model, &options)?);
     let server = Server::bind(&config.socket, Arc::clone(&card))?;
-    let _cleanup = RemoveOnDrop(
-        vec![config.socket.clone()]
-            .into_iter()
-            .chain(config.control.clone())
-            .collect(),
-    );
-
+    // Cleanup is armed for each socket only once this process created it: a failed start must
+    // never delete a live server's sockets.
+    let mut cleanup = RemoveOnDrop(vec![config.socket.clone()]);
+    // Both sockets are bound before anything is announced, so `vanish ctl` works as soon as
+    // the lines below are printed.
     let control = match &config.control {
         Some(path) => {
-            if path.exists() {
-                bail!("control socket {} already exists", path.display());
-            }
-            let path = path.clone();
+            let listener = crate::control::bind(path)?;
+            cleanup.0.push(path.clone());
             let card = Arc::clone(&card);
-            // Bind before announcing readiness so `vanish ctl` works as soon as we print.
-            let listener_ready =
-                tokio::spawn(async move { crate::control::serve(&path, card).await });
-            Some(listener_ready)
+            Some(tokio::spawn(crate::control::serve(listener, card)))
         }
         None => None,
     };
@@ -122,8 +152,11 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         _ = term.recv() => log::info!("SIGTERM: stopping"),
         _ = int.recv() => log::info!("SIGINT: stopping"),
         result = done_rx => {
-            if let Ok(Err(e)) = result {
-                return Err(e.into());
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e.into()),
+                // The vfio-user thread is gone without a word: it panicked.
+                Err(_) => bail!("the vfio-user thread died (panic); see the log above"),
             }
         }
         Some(result) = async { match control { Some(c) => Some(c.await), None => None } } => {
