@@ -587,8 +587,7 @@ mod tests {
                     .flatten()
                     .any(|f| f.file_name().to_string_lossy().starts_with(stem));
                 if has {
-                    Baseline::load_for(&dir.path(), Some(stem))
-                        .unwrap_or_else(|e| panic!("{e}"));
+                    Baseline::load_for(&dir.path(), Some(stem)).unwrap_or_else(|e| panic!("{e}"));
                     n += 1;
                 }
             }
