@@ -224,7 +224,48 @@ fn one() -> u32 {
     1
 }
 
+impl ScenarioReport {
+    /// A scenario with nothing recorded yet.
+    pub fn new(name: &str, verdict: Verdict) -> ScenarioReport {
+        ScenarioReport {
+            name: name.to_string(),
+            verdict,
+            result: ScenarioResult::default(),
+            flake_listed: false,
+            fingerprints: Vec::new(),
+            runs: None,
+            checker_off: None,
+            driver_bound: false,
+            pci_address: None,
+            splats: Vec::new(),
+            screenshot: None,
+            duration_s: 0.0,
+            problems: Vec::new(),
+            observations: BTreeMap::new(),
+            kernel_log: Vec::new(),
+        }
+    }
+}
+
 impl Report {
+    /// A run of `model` on `arch` that has found nothing yet.
+    pub fn new(model: &str, arch: &str, console_log: PathBuf) -> Report {
+        Report {
+            vanish_version: env!("CARGO_PKG_VERSION").to_string(),
+            qemu_version: String::new(),
+            kernel: String::new(),
+            kernel_image: PathBuf::new(),
+            arch: arch.to_string(),
+            model: model.to_string(),
+            accel: String::new(),
+            console_log,
+            duration_s: 0.0,
+            scenarios: Vec::new(),
+            error: None,
+            runs: 1,
+        }
+    }
+
     /// The verdict of the whole run: error if the rig broke anywhere, else fail if any
     /// scenario failed.
     pub fn verdict(&self) -> Verdict {

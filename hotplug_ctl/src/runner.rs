@@ -929,39 +929,14 @@ fn progress(f: impl FnOnce(&mut Progress)) {
 pub fn write_interrupted_report(signal: &str) -> Option<PathBuf> {
     let p = PROGRESS.lock().unwrap_or_else(|e| e.into_inner());
     let out = p.out.clone()?;
-    let mut report = p.report.clone().unwrap_or_else(|| Report {
-        vanish_version: env!("CARGO_PKG_VERSION").to_string(),
-        qemu_version: String::new(),
-        kernel: String::new(),
-        kernel_image: PathBuf::new(),
-        arch: String::new(),
-        model: String::new(),
-        accel: String::new(),
-        console_log: out.join("console.log"),
-        duration_s: 0.0,
-        scenarios: Vec::new(),
-        error: None,
-        runs: 1,
-    });
+    let mut report = p
+        .report
+        .clone()
+        .unwrap_or_else(|| Report::new("", "", out.join("console.log")));
     let what = p.current.clone().unwrap_or_else(|| "boot".into());
-    let mut interrupted = ScenarioReport {
-        name: what.clone(),
-        verdict: Verdict::Error,
-        result: crate::verdict::ScenarioResult::Error,
-        flake_listed: false,
-        fingerprints: Vec::new(),
-        runs: None,
-        checker_off: None,
-        driver_bound: false,
-        pci_address: None,
-        splats: Vec::new(),
-        screenshot: None,
-        duration_s: 0.0,
-        problems: vec![format!("interrupted by {signal}")],
-        observations: BTreeMap::new(),
-        kernel_log: Vec::new(),
-    };
-    interrupted.fingerprints.clear();
+    let mut interrupted = ScenarioReport::new(&what, Verdict::Error);
+    interrupted.result = crate::verdict::ScenarioResult::Error;
+    interrupted.problems = vec![format!("interrupted by {signal}")];
     report.scenarios.push(interrupted);
     report.error = Some(format!("interrupted by {signal} during {what}"));
     let path = out.join("report.json");
@@ -989,20 +964,11 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
             current: None,
         }
     });
-    let mut report = Report {
-        vanish_version: env!("CARGO_PKG_VERSION").to_string(),
-        qemu_version: String::new(),
-        kernel: String::new(),
-        kernel_image: PathBuf::new(),
-        arch: cfg.arch.debian().to_string(),
-        model: cfg.model.name().to_string(),
-        accel: String::new(),
-        console_log: cfg.out.join("console.log"),
-        duration_s: 0.0,
-        scenarios: Vec::new(),
-        error: None,
-        runs: 1,
-    };
+    let mut report = Report::new(
+        cfg.model.name(),
+        cfg.arch.debian(),
+        cfg.out.join("console.log"),
+    );
     let work = tempfile::Builder::new()
         .prefix("vanish-initrd-")
         .tempdir()?;

@@ -467,20 +467,9 @@ pub fn merge_runs(mut reports: Vec<Report>) -> Report {
 }
 
 fn empty_report() -> Report {
-    Report {
-        vanish_version: env!("CARGO_PKG_VERSION").to_string(),
-        qemu_version: String::new(),
-        kernel: String::new(),
-        kernel_image: PathBuf::new(),
-        arch: String::new(),
-        model: String::new(),
-        accel: String::new(),
-        console_log: PathBuf::new(),
-        duration_s: 0.0,
-        scenarios: Vec::new(),
-        error: Some("no run".into()),
-        runs: 1,
-    }
+    let mut r = Report::new("", "", PathBuf::new());
+    r.error = Some("no run".into());
+    r
 }
 
 /// Exit code of a judged report: 125 if the rig broke anywhere, else 1 for a new failure (or a
