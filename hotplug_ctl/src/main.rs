@@ -643,6 +643,10 @@ async fn cmd_run(mut args: RunArgs) -> i32 {
     let report = verdict::merge_runs(reports);
     let code = verdict::exit_code(&report, &policy);
     print!("{}", report.table());
+    if let Some(e) = &report.error {
+        // The table on stdout has it too; stderr gets the one line a script shows.
+        eprintln!("vanish: rig error: {}", e.lines().next().unwrap_or_default());
+    }
     // The outputs were checked before boot; a late write error is said, but never turns a
     // judged kernel into "skip".
     let mut write_failed = false;

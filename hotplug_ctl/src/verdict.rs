@@ -129,6 +129,9 @@ impl Baseline {
     /// drm-ci names its files per driver.
     pub fn load_for(path: &Path, stem: Option<&str>) -> Result<Baseline, String> {
         let mut b = Baseline::default();
+        if !path.exists() {
+            return Err(format!("{}: does not exist", path.display()));
+        }
         let files: Vec<PathBuf> = if path.is_dir() {
             let rd = std::fs::read_dir(path).map_err(|e| format!("{}: {e}", path.display()))?;
             let for_stem = |p: &Path| {
