@@ -268,6 +268,10 @@ fn main() -> ExitCode {
             }
             code
         };
+        // `vanish serve` stops on SIGTERM/SIGINT by itself (sockets removed, exit 0).
+        if matches!(cli.command, Cmd::Serve(_)) {
+            return dispatch(cli).await;
+        }
         tokio::select! {
             code = dispatch(cli) => code,
             _ = int.recv() => stopped("SIGINT", 130),
