@@ -3,6 +3,7 @@
 
 pub mod accel;
 pub mod agent;
+pub mod bench;
 pub mod control;
 pub mod ctl;
 pub mod fingerprint;

@@ -36,6 +36,8 @@ enum Cmd {
     Serve(ServeArgs),
     /// List the built-in scenarios.
     List,
+    /// Speed figures, each as a ratio against a baseline measured in the same run.
+    Bench(hotplug_ctl::bench::BenchArgs),
     /// Write a baseline from a run's report.json: DIR/MODEL-ARCH-fails.txt (drm-ci format) and
     /// DIR/MODEL-ARCH.toml (every fingerprint that failed a scenario, pinned to it).
     Baseline {
@@ -298,6 +300,9 @@ async fn dispatch(cli: Cli) -> i32 {
             exit::PASS
         }
         Cmd::Kernels { arch, offline } => cmd_kernels(arch, offline).await,
+        Cmd::Bench(args) => tokio::task::spawn_blocking(move || hotplug_ctl::bench::run(&args))
+            .await
+            .unwrap_or(exit::SKIP),
         Cmd::Baseline { report, out } => cmd_baseline(&report, &out),
         Cmd::Serve(args) => {
             let cfg = ServeConfig {
@@ -649,7 +654,10 @@ async fn cmd_run(mut args: RunArgs) -> i32 {
     print!("{}", report.table());
     if let Some(e) = &report.error {
         // The table on stdout has it too; stderr gets the one line a script shows.
-        eprintln!("vanish: rig error: {}", e.lines().next().unwrap_or_default());
+        eprintln!(
+            "vanish: rig error: {}",
+            e.lines().next().unwrap_or_default()
+        );
     }
     // The outputs were checked before boot; a late write error is said, but never turns a
     // judged kernel into "skip".
