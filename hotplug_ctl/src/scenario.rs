@@ -93,6 +93,8 @@ pub enum ClientKind {
     Fbdev,
     /// Holds /dev/dri/card0 open and does nothing.
     IdleOpen,
+    /// A user command started by `exec ... background` (not a `client` kind).
+    Exec,
 }
 
 impl ClientKind {
@@ -101,6 +103,7 @@ impl ClientKind {
             ClientKind::Kms => "kms",
             ClientKind::Fbdev => "fbdev",
             ClientKind::IdleOpen => "idle-open",
+            ClientKind::Exec => "exec",
         }
     }
 }
@@ -138,8 +141,11 @@ pub enum Condition {
     Vblank,
     /// The connector is connected and its first mode is this one, e.g. "1024x768".
     FirstMode(String),
-    /// The named client got this signal (SIGBUS, SIGSEGV) through its mapping.
+    /// The named client got this signal (SIGBUS, SIGSEGV) through its mapping; for an `exec`
+    /// command: it was killed by this signal.
     ClientSignal(String, String),
+    /// The named client (or `exec` command) exited with this status.
+    ClientStatus(String, i32),
     /// The named client saw this errno (ENODEV, EIO) from an ioctl.
     ClientIoctlError(String, String),
     /// The named client closed its fd without error and exited.
@@ -181,6 +187,7 @@ impl fmt::Display for Condition {
             Condition::Vblank => write!(f, "vblank"),
             Condition::FirstMode(m) => write!(f, "first-mode {m}"),
             Condition::ClientSignal(n, s) => write!(f, "client {n} signal {s}"),
+            Condition::ClientStatus(n, s) => write!(f, "client {n} status {s}"),
             Condition::ClientIoctlError(n, e) => write!(f, "client {n} ioctl-error {e}"),
             Condition::ClientExited(n) => write!(f, "client {n} exited"),
             Condition::ClientAlive(n) => write!(f, "client {n} alive"),
@@ -188,6 +195,20 @@ impl fmt::Display for Condition {
         }
     }
 }
+
+/// A guest command (`busybox sh -c COMMAND`) run by an `exec` step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exec {
+    pub command: String,
+    /// `as NAME`; unnamed commands get exec1, exec2... in the order they appear.
+    pub name: String,
+    pub background: bool,
+    /// How long a foreground command may run (default 60 s); longer fails the scenario.
+    pub timeout: Duration,
+}
+
+/// The default foreground `exec` timeout.
+pub const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One step of a scenario.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -199,6 +220,8 @@ pub enum Step {
         wait_ready: bool,
     },
     Close(String),
+    /// `exec "COMMAND" [as NAME] [background] [timeout SECONDS]`: a guest shell command.
+    Exec(Exec),
     Unplug(Removal),
     /// Brings the card back the way the last removal requires (bind, rescan or a new card).
     Replug,
@@ -222,6 +245,22 @@ impl fmt::Display for Step {
             }
             Step::Client { kind, name, .. } => write!(f, "client {} as {name}", kind.name()),
             Step::Close(n) => write!(f, "close {n}"),
+            Step::Exec(e) => {
+                let quoted = shlex::try_quote(&e.command)
+                    .map(|q| q.into_owned())
+                    .unwrap_or_else(|_| format!("{:?}", e.command));
+                write!(f, "exec {quoted}")?;
+                if !e.name.is_empty() {
+                    write!(f, " as {}", e.name)?;
+                }
+                if e.background {
+                    write!(f, " background")?;
+                }
+                if e.timeout != EXEC_TIMEOUT {
+                    write!(f, " timeout {}", e.timeout.as_secs_f64())?;
+                }
+                Ok(())
+            }
             Step::Unplug(r) => write!(f, "unplug {}", r.name()),
             Step::Replug => write!(f, "replug"),
             Step::Bind => write!(f, "bind"),
@@ -237,8 +276,84 @@ impl fmt::Display for Step {
     }
 }
 
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && name != "."
+        && name != ".."
+}
+
+/// `exec "COMMAND" [as NAME] [background] [timeout SECONDS]`, quoted as in a shell.
+fn parse_exec(text: &str) -> Result<Step, String> {
+    let words = shlex::split(text)
+        .ok_or("unterminated quote in exec step (quote the command: exec \"COMMAND\")")?;
+    let [_, command, rest @ ..] = words.as_slice() else {
+        return Err(
+            "exec needs a command: exec \"COMMAND\" [as NAME] [background] [timeout SECONDS]"
+                .into(),
+        );
+    };
+    if command.trim().is_empty() || command.contains('\n') || command.contains('\r') {
+        return Err("an exec command is one non-empty line".into());
+    }
+    let mut e = Exec {
+        command: command.clone(),
+        name: String::new(),
+        background: false,
+        timeout: EXEC_TIMEOUT,
+    };
+    let mut rest = rest.iter();
+    while let Some(w) = rest.next() {
+        match w.as_str() {
+            "as" => {
+                let n = rest.next().ok_or("'as' needs a name")?;
+                if !valid_name(n) {
+                    return Err(format!("bad exec name '{n}' (1-64 of A-Za-z0-9._-)"));
+                }
+                e.name = n.clone();
+            }
+            "background" => e.background = true,
+            "timeout" => {
+                let t = rest.next().ok_or("'timeout' needs a number of seconds")?;
+                e.timeout = t
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite() && *v > 0.0 && *v <= 3600.0)
+                    .map(Duration::from_secs_f64)
+                    .ok_or_else(|| format!("'{t}' is not a number of seconds (0 to 3600)"))?;
+            }
+            other => {
+                return Err(format!(
+                    "unexpected '{other}' after exec's command (expected 'as NAME', 'background' or 'timeout SECONDS'; quote the command)"
+                ))
+            }
+        }
+    }
+    Ok(Step::Exec(e))
+}
+
+/// Names unnamed `exec` steps exec1, exec2... in order, inside repeats too.
+fn name_execs(steps: &mut [Step], n: &mut u32) {
+    for s in steps {
+        match s {
+            Step::Exec(e) if e.name.is_empty() => {
+                *n += 1;
+                e.name = format!("exec{n}");
+            }
+            Step::Repeat(_, inner) => name_execs(inner, n),
+            _ => {}
+        }
+    }
+}
+
 /// Parses one step's words.
 pub fn parse_step(text: &str) -> Result<Step, String> {
+    if text.split_whitespace().next() == Some("exec") {
+        return parse_exec(text);
+    }
     let words: Vec<&str> = text.split_whitespace().collect();
     let secs = |s: &str| -> Result<Duration, String> {
         s.parse::<f64>()
@@ -281,7 +396,7 @@ pub fn parse_step(text: &str) -> Result<Step, String> {
         [] => return Err("empty step".into()),
         [verb, ..] => {
             return Err(format!(
-                "unknown step '{verb}' (expected wait-bound, client, close, unplug, replug, bind, unbind, rescan, dead, alive, sleep, screenshot, expect or a repeat table)"
+                "unknown step '{verb}' (expected wait-bound, client, exec, close, unplug, replug, bind, unbind, rescan, dead, alive, sleep, screenshot, expect or a repeat table)"
             ))
         }
     })
@@ -302,6 +417,11 @@ fn parse_condition(words: &[&str]) -> Result<Condition, String> {
             Condition::ClientIoctlError(name.to_string(), errno.to_string())
         }
         ["client", name, "exited"] => Condition::ClientExited(name.to_string()),
+        ["client", name, "status", n] => Condition::ClientStatus(
+            name.to_string(),
+            n.parse()
+                .map_err(|_| format!("'{n}' is not an exit status (a number)"))?,
+        ),
         ["client", name, "alive"] => Condition::ClientAlive(name.to_string()),
         ["client", name, "mapping", state] => Condition::ClientMapping(
             name.to_string(),
@@ -314,7 +434,7 @@ fn parse_condition(words: &[&str]) -> Result<Condition, String> {
         ),
         _ => {
             return Err(format!(
-                "unknown condition '{}' (expected bound, unbound, gone, drawing, pattern, bar-reads-ones, vblank, first-mode WxH, client NAME signal SIGxxx, client NAME ioctl-error Exxx, client NAME exited, client NAME alive, client NAME mapping zeroed|stale|faulted)",
+                "unknown condition '{}' (expected bound, unbound, gone, drawing, pattern, bar-reads-ones, vblank, first-mode WxH, client NAME signal SIGxxx, client NAME ioctl-error Exxx, client NAME exited, client NAME status N, client NAME alive, client NAME mapping zeroed|stale|faulted)",
                 words.join(" ")
             ))
         }
@@ -425,11 +545,12 @@ impl Scenario {
                 raw.name
             ));
         }
-        let steps = raw
+        let mut steps = raw
             .steps
             .iter()
             .map(|v| convert(src, file, v.span(), v.get_ref()))
             .collect::<Result<Vec<_>, _>>()?;
+        name_execs(&mut steps, &mut 0);
         if steps.is_empty() {
             return Err(format!("{file}: a scenario needs at least one step"));
         }
@@ -524,6 +645,14 @@ pub const BUILTIN_TOML: &[(&str, &str)] = &[
     (
         "surprise-during-modeset",
         include_str!("../scenarios/surprise-during-modeset.toml"),
+    ),
+    (
+        "hotunplug-fbdev-write",
+        include_str!("../scenarios/hotunplug-fbdev-write.toml"),
+    ),
+    (
+        "surprise-fbdev-write",
+        include_str!("../scenarios/surprise-fbdev-write.toml"),
     ),
 ];
 
@@ -632,6 +761,77 @@ mod tests {
 
         let e = Scenario::parse("name = \"x\"\nsteps = [\"dance\"]\n", "x.toml").unwrap_err();
         assert!(e.starts_with("x.toml:2: unknown step 'dance'"), "{e}");
+    }
+
+    #[test]
+    fn exec_steps_parse() {
+        let e = |command: &str, name: &str, background: bool, secs: u64| {
+            Step::Exec(Exec {
+                command: command.into(),
+                name: name.into(),
+                background,
+                timeout: Duration::from_secs(secs),
+            })
+        };
+        assert_eq!(
+            parse_step(r#"exec "cat /dev/urandom > /dev/fb0" as writer background"#),
+            Ok(e("cat /dev/urandom > /dev/fb0", "writer", true, 60))
+        );
+        assert_eq!(parse_step("exec true"), Ok(e("true", "", false, 60)));
+        assert_eq!(
+            parse_step(r#"exec 'echo "a b"; exit 3' timeout 5"#),
+            Ok(e(r#"echo "a b"; exit 3"#, "", false, 5))
+        );
+        assert_eq!(
+            parse_step(r#"exec "sleep 1" timeout 2 background as s"#),
+            Ok(e("sleep 1", "s", true, 2))
+        );
+        assert!(parse_step(r#"exec "cat /dev/zero"#)
+            .unwrap_err()
+            .contains("unterminated quote"));
+        assert!(parse_step("exec").unwrap_err().contains("needs a command"));
+        assert!(parse_step(r#"exec "" as x"#).is_err());
+        assert!(parse_step(r#"exec "true" as ../x"#).is_err());
+        assert!(parse_step(r#"exec "true" timeout 0"#).is_err());
+        assert!(parse_step(r#"exec "true" timeout"#).is_err());
+        assert!(parse_step("exec cat /dev/zero")
+            .unwrap_err()
+            .contains("unexpected '/dev/zero'"));
+        assert_eq!(
+            parse_step("expect client w status 3"),
+            Ok(Step::Expect(Condition::ClientStatus("w".into(), 3)))
+        );
+        assert!(parse_step("expect client w status x").is_err());
+        for text in [
+            "exec 'cat /dev/urandom > /dev/fb0' as writer background",
+            "exec true as t timeout 5",
+            "expect client w status 0",
+        ] {
+            assert_eq!(parse_step(text).unwrap().to_string(), text);
+        }
+    }
+
+    #[test]
+    fn unnamed_execs_are_numbered_and_quote_errors_name_the_line() {
+        let src = "name = \"x\"\nsteps = [\n  \"exec true\",\n  'exec \"sleep 9\" background',\n  { repeat = 2, steps = [\"exec false as f\", \"exec :\"] },\n]\n";
+        let s = Scenario::parse(src, "x.toml").unwrap();
+        let names: Vec<String> = [&s.steps[0], &s.steps[1]]
+            .into_iter()
+            .chain(match &s.steps[2] {
+                Step::Repeat(_, inner) => inner.iter().collect::<Vec<_>>(),
+                _ => vec![],
+            })
+            .map(|st| match st {
+                Step::Exec(e) => e.name.clone(),
+                other => panic!("{other}"),
+            })
+            .collect();
+        assert_eq!(names, ["exec1", "exec2", "f", "exec3"]);
+
+        let src =
+            "name = \"q\"\nsteps = [\n  \"wait-bound\",\n  'exec \"cat /dev/zero > /dev/fb0',\n]\n";
+        let e = Scenario::parse(src, "q.toml").unwrap_err();
+        assert!(e.starts_with("q.toml:4: unterminated quote"), "{e}");
     }
 
     #[test]

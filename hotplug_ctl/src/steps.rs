@@ -15,7 +15,7 @@ use crate::control::Request;
 use crate::qemu::{CARD_ID, ROOT_PORT_ID};
 use crate::report::CardPhase;
 use crate::runner::{CardServer, ScenarioRun, Session};
-use crate::scenario::{ClientKind, Condition, MappingState, Removal, Step};
+use crate::scenario::{ClientKind, Condition, Exec, MappingState, Removal, Step};
 
 /// Why a step did not hold.
 pub enum StepError {
@@ -289,7 +289,7 @@ impl Session {
         // card1, not card0.
         let device = match kind {
             ClientKind::Fbdev => format!("/dev/{}", self.fb_node.as_deref().unwrap_or("fb0")),
-            ClientKind::Kms | ClientKind::IdleOpen => {
+            ClientKind::Kms | ClientKind::IdleOpen | ClientKind::Exec => {
                 format!("/dev/dri/{}", self.drm_node.as_deref().unwrap_or("card0"))
             }
         };
@@ -306,6 +306,78 @@ impl Session {
         }
         self.clients.insert(name.to_string(), kind);
         Ok(())
+    }
+
+    /// `exec`: a foreground command runs to its end (or its timeout: a failure); a background
+    /// one becomes a client that `close`, `expect client` work on.
+    async fn exec(&mut self, run: &mut ScenarioRun, e: &Exec) -> StepResult {
+        let name = &e.name;
+        if !e.background {
+            let ms = e.timeout.as_millis();
+            // The agent stops a command past its timeout itself (SIGTERM, SIGKILL, up to 5 s
+            // for it to go) and answers; the margin is for the agent.
+            let out = self
+                .agent
+                .run(
+                    &format!("@exec run {name} {ms} -- {}", e.command),
+                    e.timeout + Duration::from_secs(30),
+                )
+                .await?;
+            let status = parse_json_line(&out.stdout)?;
+            run.observe(&format!("exec_{name}"), status.clone());
+            self.client_final.insert(name.clone(), status.clone());
+            let printed = || {
+                let text = |k: &str| {
+                    status
+                        .get(k)
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .trim_end()
+                        .to_string()
+                };
+                format!("stdout: {:?}; stderr: {:?}", text("stdout"), text("stderr"))
+            };
+            if status.get("state").and_then(Value::as_str) == Some("hung") {
+                return fail(format!(
+                    "exec {name} did not finish within {}s and is hung after SIGKILL ({}); {}; stack: {}",
+                    e.timeout.as_secs_f64(),
+                    status.get("proc_state").and_then(Value::as_str).unwrap_or("?"),
+                    printed(),
+                    status.get("group_stacks").and_then(Value::as_str).unwrap_or("")
+                ));
+            }
+            if status.get("timed_out") == Some(&Value::Bool(true)) {
+                return fail(format!(
+                    "exec {name} did not finish within {}s (killed); {}",
+                    e.timeout.as_secs_f64(),
+                    printed()
+                ));
+            }
+            return Ok(());
+        }
+        let out = self
+            .agent
+            .run(
+                &format!("@exec start {name} -- {}", e.command),
+                Duration::from_secs(30),
+            )
+            .await?;
+        run.observe(&format!("exec_{name}_start"), out.stdout.trim());
+        if !out.success() {
+            return fail(format!("exec {name} did not start: {}", out.stdout.trim()));
+        }
+        self.client_final.remove(name);
+        self.clients.insert(name.clone(), ClientKind::Exec);
+        Ok(())
+    }
+
+    /// Whether client `name` is an `exec` command (its report says kind "exec").
+    async fn is_exec(&mut self, name: &str) -> Result<bool> {
+        if self.clients.get(name) == Some(&ClientKind::Exec) {
+            return Ok(true);
+        }
+        let r = self.client_report(name).await?;
+        Ok(r.get("kind").and_then(Value::as_str) == Some("exec"))
     }
 
     /// A client's status as the agent reports it.
@@ -460,6 +532,28 @@ impl Session {
                     ));
                 }
             }
+            Condition::ClientSignal(name, sig) if self.is_exec(name).await? => {
+                let r = self.client_report(name).await?;
+                if r.get("exit_signal").and_then(Value::as_str) != Some(sig.as_str()) {
+                    return fail(format!(
+                        "command {name} was not killed by {sig} (state {}, exit code {}, signal {})",
+                        r.get("state").unwrap_or(&Value::Null),
+                        r.get("exit_code").unwrap_or(&Value::Null),
+                        r.get("exit_signal").unwrap_or(&Value::Null)
+                    ));
+                }
+            }
+            Condition::ClientStatus(name, want) => {
+                let r = self.client_report(name).await?;
+                if r.get("exit_code").and_then(Value::as_i64) != Some(i64::from(*want)) {
+                    return fail(format!(
+                        "client {name} did not exit with status {want} (state {}, exit code {}, signal {})",
+                        r.get("state").unwrap_or(&Value::Null),
+                        r.get("exit_code").unwrap_or(&Value::Null),
+                        r.get("exit_signal").unwrap_or(&Value::Null)
+                    ));
+                }
+            }
             Condition::ClientSignal(name, sig) => {
                 let r = self.client_report(name).await?;
                 let n = r
@@ -592,6 +686,7 @@ impl Session {
                 wait_ready,
             } => self.client_start(run, *kind, name, *wait_ready).await?,
             Step::Close(name) => self.client_close(run, name).await?,
+            Step::Exec(e) => self.exec(run, e).await?,
             Step::Unplug(mode) => self.unplug(run, *mode).await?,
             Step::Replug => self.replug(run).await?,
             Step::Bind => {

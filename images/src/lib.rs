@@ -28,6 +28,7 @@
 mod apt;
 mod cpio;
 mod error;
+mod guest_files;
 mod initramfs;
 mod kernel;
 mod modinfo;
@@ -40,6 +41,7 @@ pub mod kernel_tree;
 use std::path::PathBuf;
 
 pub use error::{Error, Result};
+pub use guest_files::{elf_needs, resolve_guest_files, ElfNeeds, GuestFile};
 pub use initramfs::{build_initramfs, provision_busybox, Busybox, Initramfs, InitramfsSpec};
 pub use kernel::{
     cached_kernels, check_kernel_version, image_contains, kernel_release_from_image, known_series,

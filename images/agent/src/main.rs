@@ -10,6 +10,7 @@
 
 mod client;
 mod drm;
+mod exec;
 mod fb;
 mod json;
 mod pattern;

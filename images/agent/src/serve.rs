@@ -11,6 +11,14 @@
 //! - `@client report ID` -> the status JSON with the agent's view merged in (status 0)
 //! - `@client stop ID [TIMEOUT_MS]` -> SIGTERM, wait, final status JSON (status 0 if the client
 //!   exited, 1 if it is still there: `"state":"hung"` plus its /proc state, wchan and stack)
+//! - `@exec start ID -- CMD` -> runs `sh -c CMD` in its own process group as client ID
+//!   (stdout/stderr captured, 64 KiB each): `started ID pid=N` (status 0). `@client report ID`
+//!   and `@client stop ID [TIMEOUT_MS]` work for it; stop sends SIGTERM to the group, SIGKILL
+//!   after a grace (2 s or half the timeout), and reports `"state":"hung"` with every member's
+//!   /proc stack if the group is still there at the timeout
+//! - `@exec run ID TIMEOUT_MS -- CMD` -> the same in the foreground: waits for the group to end
+//!   and prints its report JSON (status 0); after TIMEOUT_MS it is stopped as above and the
+//!   report has `"timed_out":true`
 //! - anything else -> `error: ...` (status 2)
 //!
 //! A virtio-serial port reads as end-of-file while the host side is not connected: until the
@@ -33,6 +41,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::client::Kind;
+use crate::exec::{group_members, kill_group, Exec};
 use crate::json::Object;
 use crate::sys::{errno, signal_name};
 
@@ -92,6 +101,39 @@ pub enum Verb {
         id: String,
         timeout_ms: u64,
     },
+    ExecStart {
+        id: String,
+        cmd: String,
+    },
+    ExecRun {
+        id: String,
+        timeout_ms: u64,
+        cmd: String,
+    },
+}
+
+/// `exec start ID -- CMD` and `exec run ID TIMEOUT_MS -- CMD`.
+fn parse_exec(rest: &str) -> Result<Verb, String> {
+    let usage = "usage: @exec start ID -- CMD | @exec run ID TIMEOUT_MS -- CMD";
+    let (head, cmd) = rest.split_once(" -- ").ok_or(usage)?;
+    if cmd.trim().is_empty() {
+        return Err(usage.to_string());
+    }
+    let cmd = cmd.to_string();
+    match head.split_whitespace().collect::<Vec<_>>().as_slice() {
+        ["start", id] => Ok(Verb::ExecStart {
+            id: valid_id(id)?,
+            cmd,
+        }),
+        ["run", id, ms] => Ok(Verb::ExecRun {
+            id: valid_id(id)?,
+            timeout_ms: ms
+                .parse()
+                .map_err(|_| format!("bad timeout {ms:?} (milliseconds)"))?,
+            cmd,
+        }),
+        _ => Err(usage.to_string()),
+    }
 }
 
 fn valid_id(id: &str) -> Result<String, String> {
@@ -111,6 +153,11 @@ fn valid_id(id: &str) -> Result<String, String> {
 
 /// Parses `ping`, `client start ...` and so on.
 pub fn parse_verb(line: &str) -> Result<Verb, String> {
+    if let Some(rest) = line.trim_start().strip_prefix("exec") {
+        if rest.is_empty() || rest.starts_with(' ') {
+            return parse_exec(rest);
+        }
+    }
     let words: Vec<&str> = line.split_whitespace().collect();
     let usage =
         "usage: @client start ID KIND [DEVICE] | @client report ID | @client stop ID [TIMEOUT_MS]";
@@ -175,6 +222,8 @@ struct ClientProc {
     pid: i32,
     status_path: PathBuf,
     exit: Option<Exit>,
+    /// A user command (`@exec`), not one of our clients.
+    exec: Option<Exec>,
 }
 
 /// The clients this agent started, by id.
@@ -246,6 +295,149 @@ impl Clients {
                 None => reply(1, format!("error: no client {id}")),
             },
             Verb::ClientStop { id, timeout_ms } => self.stop(&id, timeout_ms),
+            Verb::ExecStart { id, cmd } => match self.exec_start(&id, &cmd) {
+                Ok(pid) => reply(0, format!("started {id} pid={pid}")),
+                Err(e) => reply(1, e),
+            },
+            Verb::ExecRun {
+                id,
+                timeout_ms,
+                cmd,
+            } => self.exec_run(&id, timeout_ms, &cmd),
+        }
+    }
+
+    fn exec_start(&mut self, id: &str, cmd: &str) -> Result<i32, String> {
+        self.reap();
+        if let Some(c) = self.procs.get(id).filter(|c| c.exit.is_none()) {
+            return Err(format!(
+                "error: client {id} is already running (pid={})",
+                c.pid
+            ));
+        }
+        let (child, exec) = Exec::spawn(&self.cfg.shell, cmd)
+            .map_err(|e| format!("error: cannot run {}: {e}", self.cfg.shell.display()))?;
+        let pid = child.id() as i32;
+        self.procs.insert(
+            id.to_string(),
+            ClientProc {
+                pid,
+                status_path: PathBuf::new(),
+                exit: None,
+                exec: Some(exec),
+            },
+        );
+        Ok(pid)
+    }
+
+    /// Whether client `id`'s process (and, for a command, its whole group) is gone.
+    fn ended(&mut self, id: &str) -> bool {
+        self.reap();
+        self.procs.get(id).is_none_or(|c| {
+            c.exit.is_some() && (c.exec.is_none() || group_members(c.pid).is_empty())
+        })
+    }
+
+    /// Waits a little for a finished command's output to reach end-of-file.
+    fn drain(&self, id: &str) {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while let Some(e) = self.procs.get(id).and_then(|c| c.exec.as_ref()) {
+            if e.drained() || Instant::now() >= deadline {
+                break;
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    fn exec_run(&mut self, id: &str, timeout_ms: u64, cmd: &str) -> Reply {
+        if let Err(e) = self.exec_start(id, cmd) {
+            return reply(1, e);
+        }
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(timeout_ms);
+        let mut o = loop {
+            if self.ended(id) {
+                self.drain(id);
+                let Some(c) = self.procs.get(id) else {
+                    return reply(1, format!("error: no client {id}"));
+                };
+                let mut o = report(id, c);
+                o.bool("timed_out", false);
+                break o;
+            }
+            if Instant::now() >= deadline {
+                let (mut o, _) = self.stop_exec(id, 5000);
+                o.bool("timed_out", true);
+                break o;
+            }
+            thread::sleep(POLL);
+        };
+        o.num("timeout_ms", timeout_ms)
+            .num("elapsed_ms", started.elapsed().as_millis());
+        self.procs.remove(id);
+        reply(0, o.to_json())
+    }
+
+    /// SIGTERM to the command's process group, SIGKILL after a grace; the report, and whether
+    /// the group was still there after `timeout_ms` (hung).
+    fn stop_exec(&mut self, id: &str, timeout_ms: u64) -> (Object, bool) {
+        let Some(pid) = self.procs.get(id).map(|c| c.pid) else {
+            let mut o = Object::new();
+            o.str("error", &format!("no client {id}"));
+            return (o, false);
+        };
+        let start = Instant::now();
+        let grace = Duration::from_millis((timeout_ms / 2).min(2000));
+        let deadline = start + Duration::from_millis(timeout_ms);
+        if !self.ended(id) {
+            kill_group(pid, libc::SIGTERM);
+        }
+        let mut killed = false;
+        loop {
+            if self.ended(id) {
+                self.drain(id);
+                let Some(c) = self.procs.get(id) else {
+                    return (Object::new(), false);
+                };
+                let mut o = report(id, c);
+                o.bool("sigkilled", killed);
+                return (o, false);
+            }
+            if !killed && Instant::now() >= start + grace {
+                kill_group(pid, libc::SIGKILL);
+                killed = true;
+            }
+            if Instant::now() >= deadline {
+                let Some(c) = self.procs.get(id) else {
+                    return (Object::new(), false);
+                };
+                let mut o = report(id, c);
+                o.str("state", "hung").bool("sigkilled", killed);
+                let members = group_members(pid);
+                let main = members.first().copied().unwrap_or(pid);
+                for (key, file) in [
+                    ("proc_state", "stat"),
+                    ("wchan", "wchan"),
+                    ("stack", "stack"),
+                ] {
+                    o.opt_str(key, proc_file(main, file).as_deref());
+                }
+                let all: Vec<String> = members
+                    .iter()
+                    .map(|m| {
+                        format!(
+                            "{m} {} {}\n{}",
+                            proc_file(*m, "comm").unwrap_or_default(),
+                            proc_file(*m, "stat").unwrap_or_default(),
+                            proc_file(*m, "stack").unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                o.str("group_stacks", &all.join("\n"));
+                o.num("waited_ms", timeout_ms);
+                return (o, true);
+            }
+            thread::sleep(POLL);
         }
     }
 
@@ -292,6 +484,7 @@ impl Clients {
                 pid,
                 status_path,
                 exit: None,
+                exec: None,
             },
         );
 
@@ -357,6 +550,10 @@ impl Clients {
             return reply(1, format!("error: no client {id}"));
         };
         let pid = c.pid;
+        if c.exec.is_some() {
+            let (o, hung) = self.stop_exec(id, timeout_ms);
+            return reply(i32::from(hung), o.to_json());
+        }
         if c.exit.is_none() {
             // SAFETY: plain kill(2); the pid is our unreaped child, so it cannot have been reused.
             unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -404,6 +601,9 @@ fn exit_text(exit: Exit) -> String {
 /// process is gone), `exit_code`, `exit_signal`; `state` becomes "killed" or "died" if the
 /// process ended without writing its final state.
 fn report(id: &str, c: &ClientProc) -> Object {
+    if let Some(e) = &c.exec {
+        return exec_report(id, c, e);
+    }
     let mut o = match read_status(&c.status_path) {
         Ok(o) => o,
         Err(e) => {
@@ -436,6 +636,36 @@ fn report(id: &str, c: &ClientProc) -> Object {
             );
         }
     }
+    o
+}
+
+/// A command's report: `kind` "exec", `state` running, exited (with `exit_code`) or killed
+/// (with `exit_signal`), `alive`/`exited` for the whole process group, and its output.
+fn exec_report(id: &str, c: &ClientProc, e: &Exec) -> Object {
+    let mut o = Object::new();
+    let alive = c.exit.is_none() || !group_members(c.pid).is_empty();
+    o.str("kind", "exec")
+        .str("id", id)
+        .num("pid", c.pid)
+        .str("cmd", &e.cmd)
+        .str(
+            "state",
+            match c.exit {
+                _ if alive => "running",
+                Some(Exit::Signal(_)) => "killed",
+                _ => "exited",
+            },
+        )
+        .bool("alive", alive)
+        .bool("exited", !alive);
+    match c.exit {
+        Some(Exit::Code(code)) => o.num("exit_code", code).raw("exit_signal", "null"),
+        Some(Exit::Signal(sig)) => o
+            .raw("exit_code", "null")
+            .str("exit_signal", &signal_name(sig)),
+        None => o.raw("exit_code", "null").raw("exit_signal", "null"),
+    };
+    e.output_into(&mut o);
     o
 }
 
@@ -880,6 +1110,73 @@ mod tests {
     }
 
     #[test]
+    fn exec_runs_commands_and_stops_them() {
+        let mut p = Peer::new("exec");
+        let (out, st) = p.run("@exec run r1 5000 -- echo hi; echo oops >&2; exit 3");
+        assert_eq!(st, 0, "{out}");
+        let o = Object::parse(out.trim()).unwrap();
+        assert_eq!(o.get("exit_code"), Some("3"), "{out}");
+        assert_eq!(o.get_str("stdout").as_deref(), Some("hi\n"));
+        assert_eq!(o.get_str("stderr").as_deref(), Some("oops\n"));
+        assert_eq!(o.get("timed_out"), Some("false"));
+        assert_eq!(o.get("exited"), Some("true"));
+
+        let t = Instant::now();
+        let (out, _) = p.run("@exec run r2 300 -- echo started; sleep 10");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        let o = Object::parse(out.trim()).unwrap();
+        assert_eq!(o.get("timed_out"), Some("true"), "{out}");
+        assert_eq!(
+            o.get_str("exit_signal").as_deref(),
+            Some("SIGTERM"),
+            "{out}"
+        );
+        assert_eq!(o.get_str("stdout").as_deref(), Some("started\n"));
+
+        let (out, st) = p.run("@exec start b1 -- sleep 30");
+        assert_eq!(st, 0, "{out}");
+        assert!(out.starts_with("started b1 pid="), "{out}");
+        let (out, _) = p.run("@client report b1");
+        let o = Object::parse(out.trim()).unwrap();
+        assert_eq!(o.get_str("state").as_deref(), Some("running"), "{out}");
+        assert_eq!(o.get_str("kind").as_deref(), Some("exec"));
+        let (out, st) = p.run("@client stop b1 3000");
+        assert_eq!(st, 0, "{out}");
+        let o = Object::parse(out.trim()).unwrap();
+        assert_eq!(
+            o.get_str("exit_signal").as_deref(),
+            Some("SIGTERM"),
+            "{out}"
+        );
+        assert_eq!(o.get("sigkilled"), Some("false"));
+
+        // Ignores SIGTERM (the sleeps inherit that): SIGKILL after the grace.
+        p.run("@exec start b2 -- trap '' TERM; while :; do sleep 0.1; done");
+        let (out, st) = p.run("@client stop b2 1000");
+        assert_eq!(st, 0, "{out}");
+        let o = Object::parse(out.trim()).unwrap();
+        assert_eq!(
+            o.get_str("exit_signal").as_deref(),
+            Some("SIGKILL"),
+            "{out}"
+        );
+        assert_eq!(o.get("sigkilled"), Some("true"));
+
+        let (out, _) = p.run("@exec start b3 -- exit 7");
+        assert!(out.starts_with("started b3"));
+        thread::sleep(Duration::from_millis(300));
+        let (out, _) = p.run("@client report b3");
+        let o = Object::parse(out.trim()).unwrap();
+        assert_eq!(o.get("exit_code"), Some("7"), "{out}");
+        assert_eq!(o.get_str("state").as_deref(), Some("exited"));
+
+        assert_eq!(p.run("@exec start b4").1, 2);
+        assert_eq!(p.run("@exec run x soon -- true").1, 2);
+        assert_eq!(p.run("@exec start ../x -- true").1, 2);
+        assert_eq!(p.run("@execute").1, 2);
+    }
+
+    #[test]
     fn ends_when_the_input_closes() {
         let (ours, theirs) = UnixStream::pair().unwrap();
         let w = theirs.try_clone().unwrap();
@@ -907,6 +1204,7 @@ mod tests {
             pid: 42,
             status_path,
             exit: None,
+            exec: None,
         };
         let o = report("c1", &c);
         assert_eq!(
