@@ -17,6 +17,7 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod serve;
+pub mod shell;
 pub mod splat;
 pub mod steps;
 pub mod verdict;

@@ -190,6 +190,22 @@ struct RunArgs {
     /// Also write the results as KernelCI KCIDB v4 JSON.
     #[arg(long, value_name = "FILE")]
     kcidb: Option<PathBuf>,
+    /// Copy a file into the guest with its mode: HOST[:GUEST] (default GUEST
+    /// /usr/local/bin/NAME, on the guest's PATH). Repeatable. A dynamically linked ELF needs
+    /// --guest-sysroot.
+    #[arg(long = "guest-file", value_name = "HOST[:GUEST]")]
+    guest_files: Vec<String>,
+    /// Copy a directory tree into the guest: HOST[:GUEST] (default GUEST /opt/NAME). Repeatable.
+    #[arg(long = "guest-dir", value_name = "HOST[:GUEST]")]
+    guest_dirs: Vec<String>,
+    /// Where the interpreter and libraries of dynamically linked --guest-file programs come
+    /// from (resolved like ldd in DIR's lib directories, copied to the same paths).
+    #[arg(long, value_name = "DIR")]
+    guest_sysroot: Option<PathBuf>,
+    /// Boot the card, then give this terminal the guest's shell (no scenarios); card verbs
+    /// work from another terminal with the printed `vanish ctl` line. Exit the shell to end.
+    #[arg(long, conflicts_with_all = ["scenarios", "unplug", "runs"])]
+    shell: bool,
 }
 
 #[derive(clap::Args)]
@@ -590,6 +606,18 @@ async fn cmd_run(mut args: RunArgs) -> i32 {
             .collect(),
         None => scenarios,
     };
+    let guest_files = match images::resolve_guest_files(
+        &args.guest_files,
+        &args.guest_dirs,
+        args.guest_sysroot.as_deref(),
+        arch,
+    ) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("vanish: {e}");
+            return exit::USAGE;
+        }
+    };
     let cfg = RunConfig {
         model: args.card.model,
         arch,
@@ -608,6 +636,8 @@ async fn cmd_run(mut args: RunArgs) -> i32 {
         qemu_opts: args.qemu_opts,
         stream_console: args.console,
         firmware_bme: !args.no_firmware_bme,
+        guest_files,
+        shell: args.shell,
     };
     if args.dry_run {
         return dry_run(&cfg);
@@ -623,6 +653,23 @@ async fn cmd_run(mut args: RunArgs) -> i32 {
         git_url: args.git_url,
         tree_name: args.tree_name,
     };
+    if cfg.shell {
+        return match runner::run(cfg).await {
+            Ok(r) if r.error.is_none() => exit::PASS,
+            Ok(r) => {
+                let e = r.error.unwrap_or_default();
+                eprintln!(
+                    "vanish: rig error: {}",
+                    e.lines().next().unwrap_or_default()
+                );
+                exit::SKIP
+            }
+            Err(e) => {
+                eprintln!("vanish: {e:#}");
+                exit::SKIP
+            }
+        };
+    }
     let mut reports = Vec::new();
     for i in 1..=args.runs {
         let mut run_cfg = cfg.clone();

@@ -66,6 +66,10 @@ pub struct RunConfig {
     /// Set Bus Master Enable on a HIBMC card before its driver loads, as a UEFI that drove the
     /// console leaves it (`--no-firmware-bme` turns it off: firmware that never touched it).
     pub firmware_bme: bool,
+    /// `--guest-file`/`--guest-dir` (with what dynamic ELF files need), for the initramfs.
+    pub guest_files: Vec<images::GuestFile>,
+    /// `--shell`: after boot, the guest's shell on this terminal instead of the scenarios.
+    pub shell: bool,
 }
 
 /// What every boot of a run uses: provisioned once, the accelerator possibly downgraded once.
@@ -555,13 +559,14 @@ async fn provision(cfg: &RunConfig, dir: &Path, accel: Accel) -> Result<Rig> {
         )?;
         let agent = dir.join("vanish-agent");
         std::fs::write(&agent, crate::guest::agent_binary(cfg.arch))?;
-        let files = [
+        let mut files = vec![
             ("/bin/vanish-agent", agent.as_path(), 0o755),
             ("/etc/vanish/lib.sh", lib.as_path(), 0o644),
             ("/etc/vanish/modules", modules.as_path(), 0o644),
             ("/etc/vanish/driver-modules", driver_modules.as_path(), 0o644),
             ("/etc/vanish/bme-ids", bme.as_path(), 0o644),
         ];
+        files.extend(cfg.guest_files.iter().map(|f| (f.guest.as_str(), f.host.as_path(), f.mode)));
         let wanted = [support[0], support[1], driver];
         let initramfs = images::build_initramfs(
             &cache,
@@ -990,6 +995,11 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
         let mut session = boot_rig(&cfg, &mut rig).await?;
         report.accel = rig.accel.to_string();
         report.kernel = session.kernel_release.clone();
+        if cfg.shell {
+            let r = crate::shell::interact(&mut session).await;
+            shutdown(session).await;
+            return r;
+        }
         let boot_report = scenario_boot(&mut session).await;
         // Splats alone do not call for a fresh boot (a tainted kernel still runs the next
         // scenario, and --repeat cycles stay in one boot); a step that did not hold does.

@@ -443,7 +443,7 @@ mod tests {
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         std::fs::write(dir.path().join("sub/data"), "x").unwrap();
         let s = script.display().to_string();
-        let f = resolve_guest_files(&[s.clone()], &[], None, host_arch()).unwrap();
+        let f = resolve_guest_files(std::slice::from_ref(&s), &[], None, host_arch()).unwrap();
         assert_eq!(f[0].guest, "/usr/local/bin/t.sh");
         let f = resolve_guest_files(&[format!("{s}:/root/")], &[], None, host_arch()).unwrap();
         assert_eq!(f[0].guest, "/root/t.sh");

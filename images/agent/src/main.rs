@@ -16,6 +16,7 @@ mod json;
 mod pattern;
 mod peek;
 mod serve;
+mod shell;
 mod sys;
 
 use std::path::PathBuf;

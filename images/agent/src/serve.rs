@@ -19,6 +19,8 @@
 //! - `@exec run ID TIMEOUT_MS -- CMD` -> the same in the foreground: waits for the group to end
 //!   and prints its report JSON (status 0); after TIMEOUT_MS it is stopped as above and the
 //!   report has `"timed_out":true`
+//! - `@shell [ROWS COLS]` -> an interactive `sh -i` on a pty, relayed raw until it exits
+//!   (see `shell.rs`); no status line
 //! - anything else -> `error: ...` (status 2)
 //!
 //! A virtio-serial port reads as end-of-file while the host side is not connected: until the
@@ -853,6 +855,19 @@ pub fn serve<R: Read, W: Write + Send + 'static>(
         let line = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)).into_owned();
         clients.reap();
         if let Some(verb) = line.strip_prefix('@') {
+            let words: Vec<&str> = verb.split_whitespace().collect();
+            if words.first() == Some(&"shell") {
+                match crate::shell::parse(&words) {
+                    Some((rows, cols)) => {
+                        crate::shell::relay(&mut input, &out, &cfg.shell, rows, cols)?;
+                    }
+                    None => {
+                        send(&out, b"error: usage: @shell [ROWS COLS]\n")?;
+                        finish(&out, None, 2)?;
+                    }
+                }
+                continue;
+            }
             let r = match parse_verb(verb) {
                 Ok(v) => clients.handle(v),
                 Err(e) => reply(2, format!("error: {e}")),
@@ -1174,6 +1189,36 @@ mod tests {
         assert_eq!(p.run("@exec run x soon -- true").1, 2);
         assert_eq!(p.run("@exec start ../x -- true").1, 2);
         assert_eq!(p.run("@execute").1, 2);
+    }
+
+    #[test]
+    fn shell_relays_a_pty_then_returns_to_lines() {
+        let mut p = Peer::new("shell-pty");
+        p.conn.write_all(b"@shell 30 100\n").unwrap();
+        p.conn.write_all(b"echo hi-$((6*7)); stty size\n").unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        let want = |seen: &[u8], s: &[u8]| seen.windows(s.len()).any(|w| w == s);
+        while !(want(&seen, b"hi-42") && want(&seen, b"30 100")) {
+            let n = p
+                .reader
+                .read(&mut buf)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&seen)));
+            assert!(n > 0, "agent closed: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+        p.conn.write_all(b"exit 5\n").unwrap();
+        while !want(&seen, b"\x1evanish-shell-exit 5\n") {
+            let n = p
+                .reader
+                .read(&mut buf)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&seen)));
+            assert!(n > 0, "agent closed: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+        p.conn.write_all(b"\n").unwrap();
+        assert_eq!(p.run("echo back"), ("back\n".into(), 0));
+        assert_eq!(p.run("@shell x").1, 2);
     }
 
     #[test]
