@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use std::path::Path;
 
-const BUILTIN: [&str; 11] = [
+const BUILTIN: [&str; 13] = [
     "unbind-rebind",
     "unplug-rescan",
     "hotunbind-rebind",
@@ -18,6 +18,8 @@ const BUILTIN: [&str; 11] = [
     "surprise-with-mmap",
     "server-crash",
     "surprise-during-modeset",
+    "hotunplug-fbdev-write",
+    "surprise-fbdev-write",
 ];
 
 fn junit_and_kcidb(run: &Run) -> (String, serde_json::Value) {
@@ -134,7 +136,7 @@ fn builtin_set_finds_hibmc_6_12_vblank_warns() {
         }
     }
     let (junit, kcidb) = junit_and_kcidb(&run);
-    assert_eq!(junit.matches("<failure").count(), 11, "{junit}");
+    assert_eq!(junit.matches("<failure").count(), 13, "{junit}");
     assert!(
         junit.contains("drm_atomic_helper_wait_for_vblanks"),
         "the trace is in the JUnit failure text"
@@ -142,7 +144,7 @@ fn builtin_set_finds_hibmc_6_12_vblank_warns() {
     let tests = kcidb["tests"].as_array().expect("tests");
     assert_eq!(
         tests.iter().filter(|t| t["status"] == "FAIL").count(),
-        11,
+        13,
         "{kcidb}"
     );
 }
