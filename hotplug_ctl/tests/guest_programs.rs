@@ -164,7 +164,7 @@ steps = [
         "{o}"
     );
     assert_eq!(o["exec_static"]["exit_code"], 0);
-    assert_eq!(o["exec1"]["stdout"], "hello from the host\n", "{o}");
+    assert_eq!(o["exec_exec1"]["stdout"], "hello from the host\n", "{o}");
     assert_eq!(o["client_bg"]["exit_signal"], "SIGTERM", "{o}");
 
     let s = run.scenario("slow");
