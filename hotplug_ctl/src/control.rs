@@ -41,8 +41,9 @@ impl Request {
             ["dead"] => Ok(Request::Dead),
             ["alive"] => Ok(Request::Alive),
             ["crash"] => Ok(Request::Crash),
+            // Absolute, resolved in the caller's directory: the server runs elsewhere.
             ["screenshot", path] => Ok(Request::Screenshot {
-                path: PathBuf::from(path),
+                path: std::path::absolute(path).unwrap_or_else(|_| PathBuf::from(path)),
             }),
             _ => bail!(
                 "unknown control verb '{}' (expected status, dead, alive, crash or screenshot PATH)",
@@ -230,6 +231,11 @@ mod tests {
             Request::Screenshot {
                 path: "/tmp/a.png".into()
             }
+        );
+        let rel = Request::from_words(&w("screenshot rel.png")).unwrap();
+        assert!(
+            matches!(&rel, Request::Screenshot { path } if path.is_absolute() && path.ends_with("rel.png")),
+            "{rel:?}"
         );
         assert!(Request::from_words(&w("explode")).is_err());
         assert!(Request::from_words(&w("screenshot")).is_err());

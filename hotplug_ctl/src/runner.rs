@@ -1050,3 +1050,37 @@ pub async fn shutdown(mut session: Session) {
         server.stop().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(log: &str) -> Vec<FoundSplat> {
+        splat::find_splats(log)
+            .into_iter()
+            .map(|s| FoundSplat {
+                fingerprint: fingerprint::fingerprint(&s),
+                subsystem: fingerprint::Subsystem::Other,
+                splat: s,
+                step: String::new(),
+                phase: CardPhase::Present,
+                count: 1,
+                status: SplatStatus::New,
+            })
+            .collect()
+    }
+
+    /// A checker that switched itself off ends the boot: the next scenario boots afresh.
+    #[test]
+    fn a_checker_that_turned_itself_off_is_noticed() {
+        let off = "[   12.000000] INFO: lockdep is turned off.\n[   12.000001] turning off the locking correctness validator.\n";
+        assert!(checker_turned_off(off, &[]).is_some_and(|w| w.contains("turning off")));
+        let taint = "[    9.0] Disabling lock debugging due to kernel taint\n";
+        assert!(checker_turned_off(taint, &[]).is_some());
+        let log = include_str!("../tests/fixtures/splats/lockdep_circular.txt");
+        let why = checker_turned_off(log, &found(log)).unwrap_or_default();
+        assert!(why.starts_with("lockdep is off after its report"), "{why}");
+        let clean = include_str!("../tests/fixtures/splats/clean_boot.txt");
+        assert_eq!(checker_turned_off(clean, &found(clean)), None);
+    }
+}
