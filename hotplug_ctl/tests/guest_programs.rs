@@ -85,7 +85,8 @@ fn fbdev_write_across_removal_on_hibmc_6_12_fails_only_on_the_bme_warning() {
     }
 }
 
-/// A static program and a script shipped with --guest-file/--guest-dir, run by `exec` in the
+/// A static program, a script and a dynamic ELF with its sysroot shipped with
+/// --guest-file/--guest-dir, run by `exec` in the
 /// foreground and the background; a foreground command past its timeout fails the scenario
 /// with what it printed.
 #[test]
@@ -116,6 +117,8 @@ steps = [
   'exec "/opt/bin/agent2 --version" as static',
   "expect client static status 0",
   'exec "cat /opt/tree/data/hello.txt"',
+  'exec "ls /opt/tree/data" as ls',
+  "expect client ls status 0",
   'exec "sleep 60" as bg background',
   "expect client bg alive",
   "close bg",
@@ -147,6 +150,11 @@ steps = [
         &agent_arg,
         "--guest-dir",
         &tree_arg,
+        // The host's dynamic ls with its loader and libraries from the host's own root.
+        "--guest-file",
+        "/bin/ls",
+        "--guest-sysroot",
+        "/",
         "--scenario",
         ok.to_str().unwrap_or_default(),
         "--scenario",
@@ -166,6 +174,12 @@ steps = [
     assert_eq!(o["exec_static"]["exit_code"], 0);
     assert_eq!(o["exec_exec1"]["stdout"], "hello from the host\n", "{o}");
     assert_eq!(o["client_bg"]["exit_signal"], "SIGTERM", "{o}");
+    // /usr/local/bin comes first on the guest's PATH: this is the host's ls, not busybox's.
+    assert_eq!(o["exec_ls"]["stdout"], "hello.txt\n", "{o}");
+    assert!(
+        o["exec_ls"]["cmd"].is_string() && o["exec_ls"]["stderr"] == "",
+        "{o}"
+    );
 
     let s = run.scenario("slow");
     assert_eq!(s["verdict"], "fail", "{}", run.summary());
