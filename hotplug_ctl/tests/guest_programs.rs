@@ -86,9 +86,8 @@ fn fbdev_write_across_removal_on_hibmc_6_12_fails_only_on_the_bme_warning() {
 }
 
 /// A static program, a script and a dynamic ELF with its sysroot shipped with
-/// --guest-file/--guest-dir, run by `exec` in the
-/// foreground and the background; a foreground command past its timeout fails the scenario
-/// with what it printed.
+/// --guest-file/--guest-dir, run by `exec` in the foreground and the background; a foreground
+/// command past its timeout fails the scenario with what it printed.
 #[test]
 fn exec_runs_programs_shipped_with_guest_file() {
     let dir = tempfile::tempdir().expect("tmp");
