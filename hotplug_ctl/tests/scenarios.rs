@@ -90,7 +90,7 @@ fn builtin_set_passes_on_bochs_x86_64() {
     );
 
     let (junit, kcidb) = junit_and_kcidb(&run);
-    assert_eq!(junit.matches("<testcase").count(), 12, "{junit}");
+    assert_eq!(junit.matches("<testcase").count(), 14, "{junit}");
     assert!(!junit.contains("<failure"), "{junit}");
     let tests = kcidb["tests"].as_array().expect("tests");
     assert!(
