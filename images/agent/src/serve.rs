@@ -1166,7 +1166,20 @@ mod tests {
         assert_eq!(o.get("sigkilled"), Some("false"));
 
         // Ignores SIGTERM (the sleeps inherit that): SIGKILL after the grace.
-        p.run("@exec start b2 -- trap '' TERM; while :; do sleep 0.1; done");
+        p.run("@exec start b2 -- trap '' TERM; echo armed; while :; do sleep 0.1; done");
+        // Stop it only once the trap is in place (a SIGTERM before it would just kill it).
+        let armed = std::time::Instant::now();
+        loop {
+            let (out, _) = p.run("@client report b2");
+            let stdout = Object::parse(out.trim())
+                .ok()
+                .and_then(|o| o.get_str("stdout"))
+                .unwrap_or_default();
+            if stdout.contains("armed") || armed.elapsed() > Duration::from_secs(10) {
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
         let (out, st) = p.run("@client stop b2 1000");
         assert_eq!(st, 0, "{out}");
         let o = Object::parse(out.trim()).unwrap();
