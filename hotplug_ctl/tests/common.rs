@@ -119,6 +119,24 @@ pub fn keep_outputs(args: &[&str]) {
     }
 }
 
+/// With `VANISH_E2E_ARTIFACTS` set, appends one `what: seconds` line to `timings.txt` there;
+/// `.ci/run` prints the file after the tests (cargo hides a passing test's stderr).
+pub fn record_timing(what: &str, took: std::time::Duration) {
+    use std::io::Write;
+    eprintln!("{what}: {:.0} s", took.as_secs_f64());
+    let Some(dir) = std::env::var_os("VANISH_E2E_ARTIFACTS") else {
+        return;
+    };
+    let _ = std::fs::create_dir_all(&dir);
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(Path::new(&dir).join("timings.txt"))
+    {
+        let _ = writeln!(f, "{what}: {:.0} s", took.as_secs_f64());
+    }
+}
+
 /// Decodes a PNG into (width, height, rgb).
 pub fn png(path: &Path) -> (u32, u32, Vec<u8>) {
     let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -12,7 +12,7 @@ use common::*;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// hibmc's lost-MSI vblank WARN: the fingerprint the bisect follows.
 const VBLANK: &str = "warning:drivers/gpu/drm/drm_atomic_helper.c:drm_atomic_helper_wait_for_vblanks<drm_atomic_helper_commit_tail";
@@ -55,17 +55,14 @@ fn tiny_repo(name: &str) -> PathBuf {
 #[test]
 fn bisect_aborts_on_a_mistyped_scenario_before_building() {
     let repo = tiny_repo("bisect-usage");
-    let start = Instant::now();
     let out = Command::new(repo_root().join("ci/bisect.sh"))
         .args(["--scenario", "unbind-rebnd"])
         .current_dir(&repo)
         .env("VANISH", env!("CARGO_BIN_EXE_vanish"))
         .output()
         .expect("bisect.sh");
-    let took = start.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(128), "{stderr}");
-    assert!(took < Duration::from_secs(5), "took {took:?}");
     assert!(stderr.contains("unbind-rebnd"), "{stderr}");
     assert!(
         !repo.join(".vanish-build").exists(),
@@ -155,9 +152,9 @@ fn own_tree_builds_is_judged_and_bisects_to_the_fix() {
         "hibmc",
         &[("SRC", tree.as_path()), ("OUT", build.as_path())],
     );
-    eprintln!(
-        "minimal hibmc (built in) arm64 build of linux-source-6.12: {:.0} s (configure included; incremental if the build dir was warm)",
-        took.as_secs_f64()
+    record_timing(
+        "minimal hibmc (built in) arm64 build of linux-source-6.12, configure included (incremental if the build dir was warm)",
+        took,
     );
     assert!(image.is_file(), "{}", image.display());
     assert!(
@@ -232,10 +229,8 @@ fn own_tree_builds_is_judged_and_bisects_to_the_fix() {
         .expect("git bisect run");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!(
-        "git bisect run took {:.0} s\n{stdout}\n{stderr}",
-        start.elapsed().as_secs_f64()
-    );
+    record_timing("git bisect run over 3 commits (FIND_FIX)", start.elapsed());
+    eprintln!("{stdout}\n{stderr}");
     assert!(out.status.success(), "git bisect run failed");
     assert!(
         stdout.contains(&format!("{c2} is the first fixed commit")),
@@ -250,10 +245,7 @@ fn own_tree_builds_is_judged_and_bisects_to_the_fix() {
         "hibmc",
         &[("SRC", tree.as_path()), ("OUT", build.as_path())],
     );
-    eprintln!(
-        "incremental rebuild of the fix: {:.0} s",
-        took.as_secs_f64()
-    );
+    record_timing("incremental rebuild of the fix", took);
     let run = vanish(&[
         "run",
         "--kernel",

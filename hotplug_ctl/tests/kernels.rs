@@ -41,12 +41,14 @@ fn hibmc_arm64_5_10_boots_and_survives_judgement_of_a_surprise_removal() {
     // ttm_bo_del_from_lru or drm_fb_release, or an Oops in ttm_bo_release), so the test asks for
     // a memory-safety splat raised during the close, whichever shape it took.
     assert!(
-        s["fingerprints"].as_array().is_some_and(|f| f.iter().any(|x| {
-            ["list-corruption", "oops", "kasan"].contains(&x["kind"].as_str().unwrap_or(""))
-                && x["phases"]
-                    .as_array()
-                    .is_some_and(|p| p.iter().any(|p| p == "late-close"))
-        })),
+        s["fingerprints"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| {
+                ["list-corruption", "oops", "kasan"].contains(&x["kind"].as_str().unwrap_or(""))
+                    && x["phases"]
+                        .as_array()
+                        .is_some_and(|p| p.iter().any(|p| p == "late-close"))
+            })),
         "{}",
         run.summary()
     );
