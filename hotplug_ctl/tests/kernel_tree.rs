@@ -71,6 +71,70 @@ fn bisect_aborts_on_a_mistyped_scenario_before_building() {
 }
 
 /// Builds commit 1 with hibmc built in and judges it, bisects to the fix, boots the fix.
+/// A fake build directory: a `.config`, and with `built` an image and a kernel.release.
+fn fake_tree(dir: &Path, config: &str, built: bool) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir.join("include/config")).expect("mkdir");
+    std::fs::write(dir.join(".config"), config).expect(".config");
+    if built {
+        std::fs::create_dir_all(dir.join("arch/arm64/boot")).expect("mkdir");
+        std::fs::write(dir.join("arch/arm64/boot/Image"), b"not a kernel").expect("Image");
+        std::fs::write(dir.join("include/config/kernel.release"), "6.12.117\n").expect("release");
+    }
+}
+
+/// `--kernel` on trees that cannot be booted, through the CLI: one line each, before any QEMU
+/// starts, with docs/bisect.md's codes (2: the command line is wrong; 125: this commit cannot be
+/// judged, so a bisect skips it).
+#[test]
+fn kernel_trees_that_cannot_boot_are_one_line_errors() {
+    let unbuilt = tmp("trees/unbuilt");
+    fake_tree(&unbuilt, "CONFIG_ARM64=y\nCONFIG_DRM_HISI_HIBMC=y\n", false);
+    let arm = tmp("trees/arm64");
+    fake_tree(&arm, "CONFIG_ARM64=y\nCONFIG_DRM_HISI_HIBMC=y\n", true);
+    let nodrv = tmp("trees/no-driver");
+    fake_tree(
+        &nodrv,
+        "CONFIG_ARM64=y\n# CONFIG_DRM_HISI_HIBMC is not set\n",
+        true,
+    );
+    let cases: [(&[&str], i32, &str); 4] = [
+        (&["--kernel", &unbuilt.to_string_lossy()], 2, "never built"),
+        (
+            &["--kernel", &arm.to_string_lossy(), "--arch", "x86_64"],
+            2,
+            "kernel tree for aarch64, not x86_64",
+        ),
+        (
+            &["--kernel", &nodrv.to_string_lossy()],
+            125,
+            "CONFIG_DRM_HISI_HIBMC is not set",
+        ),
+        (
+            &["--kernel", &arm.to_string_lossy(), "--model", "bochs"],
+            125,
+            "CONFIG_DRM_BOCHS is not set",
+        ),
+    ];
+    for (args, code, says) in cases {
+        let out_dir = tmp("trees/out");
+        let out = Command::new(env!("CARGO_BIN_EXE_vanish"))
+            .arg("run")
+            .args(args)
+            .args(["--scenario", "boot", "--out", &out_dir.to_string_lossy()])
+            .output()
+            .expect("vanish");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(
+            !out_dir.join("qemu.log").exists(),
+            "{args:?}: QEMU was started"
+        );
+    }
+}
+
 #[test]
 fn own_tree_builds_is_judged_and_bisects_to_the_fix() {
     let src = kernel_source("6.12");

@@ -214,7 +214,7 @@ pub fn resolve(path: &Path, arch: Option<Arch>, driver: Option<&str>) -> Result<
         if want != tree_arch {
             return Err(Error::invalid(
                 format!(
-                    "{} is a {tree_arch} kernel tree, not {want}",
+                    "{} is a kernel tree for {tree_arch}, not {want}",
                     build_dir.display()
                 ),
                 format!("pass --arch {tree_arch}, or build the tree for {want}"),
@@ -544,7 +544,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("x86_64 kernel tree, not aarch64") && !e.contains('\n'),
+            e.contains("kernel tree for x86_64, not aarch64") && !e.contains('\n'),
             "{e}"
         );
 
