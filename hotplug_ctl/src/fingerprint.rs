@@ -153,6 +153,11 @@ const MACHINERY: &[&str] = &[
 static OFFSET: LazyLock<Regex> = LazyLock::new(|| re(r"\+0x[0-9a-f]+/0x[0-9a-f]+"));
 static SUFFIX: LazyLock<Regex> =
     LazyLock::new(|| re(r"(?:\.(?:part|isra|constprop|cold|llvm|lto_priv)(?:\.\d+)?)+$"));
+/// The function a WARN headline names: `... at drivers/x.c:12 f+0x1/0x2` up to 7.2,
+/// `... :12 at f+0x1/0x2, CPU#0: ...` since 7.3.
+static WARN_SITE: LazyLock<Regex> =
+    LazyLock::new(|| re(r"^WARNING: .*\.[chS]:\d+(?: at)? ([\w.]+\+0x[0-9a-f]+/0x[0-9a-f]+)"));
+
 static SOURCE_FILE: LazyLock<Regex> = LazyLock::new(|| {
     // `WARNING: CPU: 0 PID: 1 at drivers/x.c:12 f+0x1/0x2` up to 7.2; since 7.3
     // `WARNING: drivers/x.c:12 at f+0x1/0x2, CPU#0: comm/pid`.
@@ -245,6 +250,17 @@ pub fn fingerprint(splat: &Splat) -> String {
         }
     }
     if frames.is_empty() {
+        // A WARN whose trace was cut off (the log ended mid-report) still names the function
+        // that warned in its headline: that is the first frame the full trace would give, so
+        // the truncated report gets the full one's prefix, not a name of its own.
+        if let Some(site) = WARN_SITE
+            .captures(&splat.first_line)
+            .and_then(|c| function(&c[1]))
+        {
+            frames.push(site);
+        }
+    }
+    if frames.is_empty() {
         // No trace (a hung task's, a truncated log): the headline without numbers names it.
         let words: Vec<&str> = splat
             .first_line
@@ -306,12 +322,28 @@ pub fn attribute(splat: &Splat, driver_module: &str) -> Subsystem {
 
 /// Whether a fingerprint matches a `--judge-by` pattern: equal, or the pattern is a regex that
 /// matches it (a plain fingerprint is a valid regex only by accident, so equality comes first).
+///
+/// A WARN whose trace was cut off is named `KIND:FILE:SITE` (one frame; a complete trace always
+/// has the site's caller too): it matches a pattern naming the same site with its callers, so a
+/// known failure whose report the log cut short stays known.
 pub fn matches(pattern: &JudgePattern, fingerprint: &str) -> bool {
     pattern.text == fingerprint
         || pattern
             .regex
             .as_ref()
             .is_some_and(|r| r.is_match(fingerprint))
+        || (is_cut_warn(fingerprint)
+            && pattern
+                .text
+                .strip_prefix(fingerprint)
+                .is_some_and(|rest| rest.starts_with('<')))
+}
+
+/// `warning:FILE:SITE` with no caller: what [`fingerprint`] gives a WARN cut before its trace.
+fn is_cut_warn(fingerprint: &str) -> bool {
+    fingerprint.starts_with("warning:")
+        && fingerprint.matches(':').count() == 2
+        && !fingerprint.contains('<')
 }
 
 /// A `--judge-by` argument: a fingerprint, or a regular expression over fingerprints.
@@ -376,6 +408,33 @@ mod tests {
             source_file("WARNING: drivers/gpu/drm/drm_atomic_helper.c:1927 at drm_atomic_helper_wait_for_vblanks.part.0+0x24c/0x2c0 [drm_kms_helper], CPU#0: vanish-agent/426"),
             Some("drivers/gpu/drm/drm_atomic_helper.c".into())
         );
+    }
+
+    /// A WARN cut off before its trace (seen on a KASAN kernel whose guest was stopped while
+    /// it printed) gets the prefix of the full trace's fingerprint, from the headline's site.
+    #[test]
+    fn a_warn_cut_before_its_trace_is_named_by_its_site() {
+        let cut = "[   38.334616] ------------[ cut here ]------------\n\
+                   [   38.334788] [CRTC:34:crtc-0] vblank wait timed out\n\
+                   [   38.334980] WARNING: CPU: 0 PID: 42 at drivers/gpu/drm/drm_atomic_helper.c:1710 drm_atomic_helper_wait_for_vblanks.part.0+0x4d8/0x674\n\
+                   [   38.337627] Modules linked in: hibmc_drm drm_vram_helper\n\
+                   [   38.338803] Call trace:\n";
+        assert_eq!(
+            fingerprint(&only(cut)),
+            "warning:drivers/gpu/drm/drm_atomic_helper.c:drm_atomic_helper_wait_for_vblanks"
+        );
+        let cut_7_3 = "[   12.000000] WARNING: drivers/gpu/drm/drm_atomic_helper.c:1927 at drm_atomic_helper_wait_for_vblanks.part.0+0x24c/0x2c0 [drm_kms_helper], CPU#0: kworker/0:1/42\n";
+        assert_eq!(
+            fingerprint(&only(cut_7_3)),
+            "warning:drivers/gpu/drm/drm_atomic_helper.c:drm_atomic_helper_wait_for_vblanks"
+        );
+        let known: JudgePattern = "warning:drivers/gpu/drm/drm_atomic_helper.c:drm_atomic_helper_wait_for_vblanks<drm_atomic_helper_commit_tail".parse().unwrap();
+        assert!(matches(&known, &fingerprint(&only(cut))));
+        let other: JudgePattern =
+            "warning:drivers/gpu/drm/drm_atomic_helper.c:drm_atomic_helper_wait_for_vblanks_x<y"
+                .parse()
+                .unwrap();
+        assert!(!matches(&other, &fingerprint(&only(cut))));
     }
 
     fn fixture(name: &str) -> String {
