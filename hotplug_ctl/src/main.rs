@@ -698,7 +698,7 @@ async fn cmd_run(mut args: RunArgs) -> i32 {
     }
     let report = verdict::merge_runs(reports);
     let code = verdict::exit_code(&report, &policy);
-    print!("{}", report.table());
+    print!("{}", hotplug_ctl::output::table(&report));
     if let Some(e) = &report.error {
         // The table on stdout has it too; stderr gets the one line a script shows.
         eprintln!(
