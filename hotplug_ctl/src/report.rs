@@ -266,6 +266,14 @@ impl Report {
         }
     }
 
+    /// The architecture's one user-facing name (`aarch64`, `x86_64`), also for a report.json
+    /// written before vanish settled on it (`arm64`, `amd64`); anything else as it is.
+    pub fn arch_name(&self) -> String {
+        self.arch
+            .parse::<images::Arch>()
+            .map_or_else(|_| self.arch.clone(), |a| a.to_string())
+    }
+
     /// The verdict of the whole run: error if the rig broke anywhere, else fail if any
     /// scenario failed.
     pub fn verdict(&self) -> Verdict {

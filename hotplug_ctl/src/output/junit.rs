@@ -27,7 +27,8 @@ pub fn junit(report: &Report) -> Result<String> {
     } else {
         report.kernel.as_str()
     };
-    let mut suite = TestSuite::new(format!("vanish.{}.{}", report.model, report.arch));
+    let arch = report.arch_name();
+    let mut suite = TestSuite::new(format!("vanish.{}.{arch}", report.model));
     suite.add_properties([
         Property::new("kernel", kernel),
         Property::new("kernel_release", kernel),
@@ -36,7 +37,7 @@ pub fn junit(report: &Report) -> Result<String> {
         Property::new("qemu_version", &report.qemu_version),
         Property::new("vanish_version", &report.vanish_version),
         Property::new("model", &report.model),
-        Property::new("arch", &report.arch),
+        Property::new("arch", &arch),
         Property::new("verdict", report.verdict().as_str()),
     ]);
     if let Some(t) = seconds(report.duration_s) {
@@ -44,7 +45,7 @@ pub fn junit(report: &Report) -> Result<String> {
     }
     // Stable across kernel builds (the release is a suite property): CI test history keys on
     // classname + name, and a release in it would start a new history at every build.
-    let classname = format!("vanish.{}.{}", report.model, report.arch);
+    let classname = format!("vanish.{}.{arch}", report.model);
     for s in &report.scenarios {
         suite.add_test_case(junit_case(s, &classname));
     }
@@ -249,7 +250,7 @@ mod tests {
         assert_eq!((parsed.tests, parsed.failures, parsed.errors), (3, 1, 1));
         assert_eq!(parsed.test_suites.len(), 1);
         let suite = &parsed.test_suites[0];
-        assert_eq!(suite.name.as_str(), "vanish.hibmc.arm64");
+        assert_eq!(suite.name.as_str(), "vanish.hibmc.aarch64");
         let prop = |n: &str| {
             suite
                 .properties
@@ -266,7 +267,7 @@ mod tests {
         for c in &suite.test_cases {
             assert_eq!(
                 c.classname.as_ref().map(|s| s.as_str()),
-                Some("vanish.hibmc.arm64")
+                Some("vanish.hibmc.aarch64")
             );
         }
         assert_eq!(
@@ -365,12 +366,12 @@ mod tests {
         let parsed = quick_junit::Report::deserialize_from_str(&xml).expect("the XML parses back");
         assert_eq!((parsed.tests, parsed.failures, parsed.errors), (1, 0, 1));
         let suite = &parsed.test_suites[0];
-        assert_eq!(suite.name.as_str(), "vanish.bochs.amd64");
+        assert_eq!(suite.name.as_str(), "vanish.bochs.x86_64");
         let case = &suite.test_cases[0];
         assert_eq!(case.name.as_str(), "rig");
         assert_eq!(
             case.classname.as_ref().map(|s| s.as_str()),
-            Some("vanish.bochs.amd64")
+            Some("vanish.bochs.x86_64")
         );
         let TestCaseStatus::NonSuccess {
             kind,

@@ -306,7 +306,7 @@ fn kcidb_at(report: &Report, meta: &KcidbMeta, now: SystemTime) -> Document {
         "vanish",
     ));
     let release = report.kernel.as_str();
-    let arch = kcidb_arch(&report.arch);
+    let arch = sanitize(&report.arch_name().to_ascii_lowercase(), kcidb_word, "");
     let config = if is_debian_release(release) {
         "debian"
     } else {
@@ -357,13 +357,13 @@ fn kcidb_at(report: &Report, meta: &KcidbMeta, now: SystemTime) -> Document {
     let environment = Environment {
         comment: Text::from(format!(
             "QEMU {} ({}) with vanish {}'s emulated {} card",
-            report.qemu_version, report.arch, report.vanish_version, report.model
+            report.qemu_version, arch, report.vanish_version, report.model
         )),
         misc: EnvironmentMisc {
             qemu_version: Text::from(&report.qemu_version),
             vanish_version: Text::from(&report.vanish_version),
             model: Text::from(&report.model),
-            guest_arch: Text::from(&report.arch),
+            guest_arch: Text::from(&arch),
         },
     };
     let test = |id: String, path: String, status: Status, comment: String| Test {
@@ -567,15 +567,6 @@ fn is_debian_release(release: &str) -> bool {
             "rt-amd64",
         ]
         .contains(&flavour)
-}
-
-/// KCIDB's architecture names (the kernel's): arm64 and x86_64.
-fn kcidb_arch(arch: &str) -> String {
-    match arch {
-        "arm64" | "aarch64" => "arm64".to_string(),
-        "amd64" | "x86_64" | "x86-64" => "x86_64".to_string(),
-        other => sanitize(&other.to_ascii_lowercase(), kcidb_word, ""),
-    }
 }
 
 /// One segment of a test path: `[A-Za-z0-9_-]+` (`unbind-rebind#2` → `unbind-rebind_2`).
@@ -857,8 +848,8 @@ pub(crate) mod tests {
         let checkout = &doc["checkouts"][0];
         assert_eq!(checkout["id"], "vanish:6.12.57+deb13-arm64");
         let build = &doc["builds"][0];
-        assert_eq!(build["id"], "vanish:6.12.57+deb13-arm64:arm64:debian");
-        assert_eq!(build["architecture"], "arm64");
+        assert_eq!(build["id"], "vanish:6.12.57+deb13-arm64:aarch64:debian");
+        assert_eq!(build["architecture"], "aarch64");
         assert_eq!(build["config_name"], "debian");
         assert_eq!(build["valid"], true);
 
@@ -883,9 +874,9 @@ pub(crate) mod tests {
         );
         assert_eq!(
             tests[0]["id"],
-            "vanish:6.12.57+deb13-arm64:arm64:debian:hibmc:20260612T032247.123456789Z:boot"
+            "vanish:6.12.57+deb13-arm64:aarch64:debian:hibmc:20260612T032247.123456789Z:boot"
         );
-        assert_eq!(tests[1]["id"], "vanish:6.12.57+deb13-arm64:arm64:debian:hibmc:20260612T032247.123456789Z:1:unbind-rebind_2");
+        assert_eq!(tests[1]["id"], "vanish:6.12.57+deb13-arm64:aarch64:debian:hibmc:20260612T032247.123456789Z:1:unbind-rebind_2");
         // The run started duration_s (95.25 s) before now.
         assert_eq!(tests[1]["start_time"], "2026-06-12T03:21:11.873456+00:00");
         assert_eq!(tests[1]["duration"], 12.5);

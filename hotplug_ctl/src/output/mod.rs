@@ -125,6 +125,30 @@ mod tests {
     }
 
     #[test]
+    fn debians_arch_names_in_older_reports_come_out_as_the_one_name() {
+        let mut r = sample();
+        r.arch = "arm64".into();
+        assert_eq!(r.arch_name(), "aarch64");
+        let xml = junit(&r).expect("junit");
+        assert!(xml.contains("name=\"vanish.hibmc.aarch64\""), "{xml}");
+        assert!(table(&r)
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains("(aarch64)")));
+        let doc = serde_json::to_value(kcidb(&r, &meta("vanish"))).expect("JSON");
+        assert_eq!(doc["builds"][0]["architecture"], "aarch64");
+        assert_eq!(
+            doc["tests"][0]["environment"]["misc"]["guest_arch"],
+            "aarch64"
+        );
+        r.arch = "amd64".into();
+        assert_eq!(r.arch_name(), "x86_64");
+        // One vanish does not know is kept as it is.
+        r.arch = "riscv64".into();
+        assert_eq!(r.arch_name(), "riscv64");
+    }
+
+    #[test]
     fn write_outputs_writes_both_files_and_refuses_bad_origins() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (j, k) = (dir.path().join("junit.xml"), dir.path().join("kcidb.json"));
@@ -232,7 +256,7 @@ pub(crate) mod fixtures {
             kernel_image: PathBuf::from(
                 "/home/u/.cache/vanish/kernels/arm64/boot/vmlinuz-6.12.57+deb13-arm64",
             ),
-            arch: "arm64".to_string(),
+            arch: "aarch64".to_string(),
             model: "hibmc".to_string(),
             accel: "tcg".to_string(),
             console_log: PathBuf::from("vanish-out/console.log"),
@@ -249,7 +273,7 @@ pub(crate) mod fixtures {
         let mut r = sample();
         r.scenarios.clear();
         r.kernel = String::new();
-        r.arch = "amd64".to_string();
+        r.arch = "x86_64".to_string();
         r.model = "bochs".to_string();
         r.error = Some("QEMU exited before the guest booted: status 1\nsecond line".to_string());
         r

@@ -9,9 +9,10 @@ use crate::report::Report;
 pub fn table(report: &Report) -> String {
     // Only what is known: a run that stopped before provisioning names no kernel or QEMU.
     let mut head = vec![format!("vanish {}", report.vanish_version)];
+    let arch = report.arch_name();
     head.push(match report.kernel.as_str() {
-        "" => format!("{} ({})", report.model, report.arch),
-        k => format!("{} on {k} ({})", report.model, report.arch),
+        "" => format!("{} ({arch})", report.model),
+        k => format!("{} on {k} ({arch})", report.model),
     });
     if !report.qemu_version.is_empty() {
         head.push(format!("QEMU {}", report.qemu_version));
@@ -98,7 +99,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "vanish 0.1.0 · hibmc on 6.12.57+deb13-arm64 (arm64) · QEMU 11.1.3 · TCG"
+            "vanish 0.1.0 · hibmc on 6.12.57+deb13-arm64 (aarch64) · QEMU 11.1.3 · TCG"
         );
         assert!(lines[1].starts_with("SCENARIO "), "{text}");
         assert!(lines[2].starts_with("boot "), "{text}");
