@@ -67,7 +67,7 @@ pub enum DebugOpt {
 #[derive(clap::Args, Debug, Clone)]
 pub struct KconfigArgs {
     /// Guest architecture: aarch64 (virt) or x86_64 (q35).
-    #[arg(long, default_value = "aarch64")]
+    #[arg(long, default_value = "aarch64", value_parser = crate::arch_value_parser(), ignore_case = true)]
     pub arch: Arch,
     /// Card driver(s) to build: hibmc, bochs or all. Default: hibmc on aarch64, bochs on x86_64.
     #[arg(long)]

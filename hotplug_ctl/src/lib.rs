@@ -22,6 +22,18 @@ pub mod splat;
 pub mod steps;
 pub mod verdict;
 
+/// `--arch`'s values: one name per architecture (`aarch64`, `x86_64`), with Debian's names
+/// (`arm64`, `amd64`) and `x86-64` taken as aliases so that older command lines keep working.
+/// Use with `ignore_case = true`: the names were case-insensitive before.
+pub fn arch_value_parser() -> impl clap::builder::TypedValueParser<Value = images::Arch> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new([
+        PossibleValue::new("aarch64").alias("arm64"),
+        PossibleValue::new("x86_64").aliases(["amd64", "x86-64"]),
+    ])
+    .try_map(|name| name.parse::<images::Arch>())
+}
+
 /// Exit codes, chosen for `git bisect run`.
 pub mod exit {
     /// Every scenario passed: the kernel is good.
@@ -68,5 +80,38 @@ pub async fn connect_unix(
             }
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use images::Arch;
+
+    #[derive(Parser)]
+    struct Args {
+        #[arg(long, value_parser = super::arch_value_parser(), ignore_case = true)]
+        arch: Arch,
+    }
+
+    #[test]
+    fn arch_takes_the_one_name_and_debians_as_aliases() {
+        let arch = |v: &str| Args::try_parse_from(["t", "--arch", v]).map(|a| a.arch);
+        for (given, want) in [
+            ("aarch64", Arch::Aarch64),
+            ("arm64", Arch::Aarch64),
+            ("AArch64", Arch::Aarch64),
+            ("x86_64", Arch::X86_64),
+            ("amd64", Arch::X86_64),
+            ("x86-64", Arch::X86_64),
+        ] {
+            assert_eq!(arch(given).ok(), Some(want), "{given}");
+        }
+        let e = arch("riscv64")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        // The error lists the one names only, not the aliases.
+        assert!(e.contains("[possible values: aarch64, x86_64]"), "{e}");
     }
 }

@@ -53,7 +53,7 @@ enum Cmd {
     /// cached.
     Kernels {
         /// Guest architecture.
-        #[arg(long, default_value = "aarch64")]
+        #[arg(long, default_value = "aarch64", value_parser = hotplug_ctl::arch_value_parser(), ignore_case = true)]
         arch: Arch,
         /// Do not look the newest versions up (no network): only the series and the cache.
         #[arg(long)]
@@ -101,7 +101,7 @@ struct RunArgs {
     card: CardArgs,
     /// Guest architecture: aarch64 (virt) or x86_64 (q35). Default: a --kernel tree's own
     /// architecture, else aarch64.
-    #[arg(long)]
+    #[arg(long, value_parser = hotplug_ctl::arch_value_parser(), ignore_case = true)]
     arch: Option<Arch>,
     /// Your kernel: an image (arch/arm64/boot/Image, arch/x86/boot/bzImage), or a kernel build
     /// directory / built source tree (in-tree or O=), whose image, modules, release and git
@@ -394,7 +394,7 @@ fn cmd_baseline(report: &std::path::Path, out: &std::path::Path) -> i32 {
     // decided as `vanish run` decides it.
     verdict::judge(&mut parsed, &Policy::default());
     let (fails, toml) = verdict::baseline_from(&parsed);
-    let stem = format!("{}-{}", parsed.model, parsed.arch);
+    let stem = format!("{}-{}", parsed.model, parsed.arch_name());
     let write = || -> std::io::Result<()> {
         std::fs::create_dir_all(out)?;
         std::fs::write(out.join(format!("{stem}-fails.txt")), fails)?;
@@ -451,10 +451,7 @@ async fn cmd_kernels(arch: Arch, offline: bool) -> i32 {
         Ok(Ok(rows)) => {
             println!(
                 "{:<6} {:<17} {:<36} CACHED ({})",
-                "SERIES",
-                "SUITE",
-                "NEWEST",
-                arch.debian()
+                "SERIES", "SUITE", "NEWEST", arch
             );
             for [a, b, c, d] in rows {
                 println!("{a:<6} {b:<17} {c:<36} {d}");
@@ -529,16 +526,15 @@ async fn cmd_run(mut args: RunArgs) -> i32 {
         return exit::USAGE;
     }
     let baseline = match &args.baseline {
-        Some(path) => match Baseline::load_for(
-            path,
-            Some(&format!("{}-{}", args.card.model.name(), arch.debian())),
-        ) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                eprintln!("vanish: --baseline: {e}");
-                return exit::USAGE;
+        Some(path) => {
+            match Baseline::load_for(path, Some(&format!("{}-{arch}", args.card.model.name()))) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    eprintln!("vanish: --baseline: {e}");
+                    return exit::USAGE;
+                }
             }
-        },
+        }
         None => None,
     };
     if args.kernel.is_none() {
@@ -698,7 +694,7 @@ async fn cmd_run(mut args: RunArgs) -> i32 {
     }
     let report = verdict::merge_runs(reports);
     let code = verdict::exit_code(&report, &policy);
-    print!("{}", report.table());
+    print!("{}", hotplug_ctl::output::table(&report));
     if let Some(e) = &report.error {
         // The table on stdout has it too; stderr gets the one line a script shows.
         eprintln!(
@@ -786,9 +782,7 @@ fn dry_run(cfg: &RunConfig) -> i32 {
     let kernel = match &cfg.kernel {
         KernelChoice::User { image, .. } => image.clone(),
         KernelChoice::Resolved(k) => k.image.clone(),
-        KernelChoice::Debian(v) => {
-            PathBuf::from(format!("<Debian {v} kernel for {}>", cfg.arch.debian()))
-        }
+        KernelChoice::Debian(v) => PathBuf::from(format!("<Debian {v} kernel for {}>", cfg.arch)),
     };
     print!(
         "{}",

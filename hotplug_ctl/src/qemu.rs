@@ -9,7 +9,6 @@ use anyhow::{bail, Context, Result};
 use images::{Arch, Qemu};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::Notify;
 
 use crate::accel::{self, Accel};
 use crate::guest::AGENT_PORT;
@@ -141,7 +140,6 @@ pub fn args(cfg: &VmConfig) -> Vec<String> {
 #[derive(Default)]
 pub struct Console {
     lines: Mutex<Vec<String>>,
-    changed: Notify,
 }
 
 impl Console {
@@ -162,32 +160,12 @@ impl Console {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
-    /// Waits until a line from `from` on contains `needle`; returns its index.
-    pub async fn wait_for(&self, from: usize, needle: &str, wait: Duration) -> Option<usize> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let notified = self.changed.notified();
-            if let Some(i) = self
-                .lock()
-                .iter()
-                .skip(from)
-                .position(|l| l.contains(needle))
-            {
-                return Some(from + i);
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return None;
-            }
-        }
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
         self.lines.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn push(&self, line: String) {
         self.lock().push(line);
-        self.changed.notify_waiters();
     }
 }
 

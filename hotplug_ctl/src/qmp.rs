@@ -79,8 +79,9 @@ impl Qmp {
         }
     }
 
-    /// Waits for an event named `name` whose `data` satisfies `matches`; earlier events of the
-    /// same kind that do not match are dropped.
+    /// Waits for an event named `name` whose `data` satisfies `matches`, first among the events
+    /// already queued. Every other event that arrives meanwhile (of this kind or another) stays
+    /// queued for a later wait; only the one returned leaves the queue.
     pub async fn wait_event(
         &mut self,
         name: &str,
@@ -112,10 +113,5 @@ impl Qmp {
                 self.events.push_back(msg);
             }
         }
-    }
-
-    /// Events received so far that nobody waited for.
-    pub fn take_events(&mut self) -> Vec<Value> {
-        self.events.drain(..).collect()
     }
 }

@@ -1,4 +1,4 @@
-//! What a run found: `report.json`, and the table printed at the end.
+//! What a run found: `report.json` (the table printed at the end is `output::table`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -266,6 +266,14 @@ impl Report {
         }
     }
 
+    /// The architecture's one user-facing name (`aarch64`, `x86_64`), also for a report.json
+    /// written before vanish settled on it (`arm64`, `amd64`); anything else as it is.
+    pub fn arch_name(&self) -> String {
+        self.arch
+            .parse::<images::Arch>()
+            .map_or_else(|_| self.arch.clone(), |a| a.to_string())
+    }
+
     /// The verdict of the whole run: error if the rig broke anywhere, else fail if any
     /// scenario failed.
     pub fn verdict(&self) -> Verdict {
@@ -292,89 +300,6 @@ impl Report {
     pub fn write_json(&self, path: &Path) -> Result<()> {
         let json = serde_json::to_string_pretty(self)?;
         std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))
-    }
-
-    /// A short human-readable table, then each unique splat with its fingerprint, phase and
-    /// call trace (report machinery dropped).
-    pub fn table(&self) -> String {
-        // Only what is known: a run that stopped before provisioning names no kernel or QEMU.
-        let mut head = vec![format!("vanish {}", self.vanish_version)];
-        head.push(match self.kernel.as_str() {
-            "" => format!("{} ({})", self.model, self.arch),
-            k => format!("{} on {k} ({})", self.model, self.arch),
-        });
-        if !self.qemu_version.is_empty() {
-            head.push(format!("QEMU {}", self.qemu_version));
-        }
-        if !self.accel.is_empty() {
-            head.push(self.accel.to_uppercase());
-        }
-        if self.runs > 1 {
-            head.push(format!("{} runs", self.runs));
-        }
-        let mut out = head.join(" · ") + "\n";
-        out += &format!(
-            "{:<28} {:<7} {:<7} {:<6} {:<14} {:>6} {:>8}\n",
-            "SCENARIO", "RESULT", "VERDICT", "DRIVER", "PCI", "SPLATS", "TIME"
-        );
-        for s in &self.scenarios {
-            let result = match s.runs {
-                Some(r) if r.of > 1 => format!("{} {}/{}", s.result.as_str(), r.failed, r.of),
-                _ => s.result.as_str().to_string(),
-            };
-            out += &format!(
-                "{:<28} {:<7} {:<7} {:<6} {:<14} {:>6} {:>7.1}s\n",
-                s.name,
-                result,
-                s.verdict.as_str(),
-                if s.driver_bound { "bound" } else { "-" },
-                s.pci_address.as_deref().unwrap_or("-"),
-                s.fingerprints.len(),
-                s.duration_s
-            );
-            for p in &s.problems {
-                out += &format!("    {p}\n");
-            }
-            if let Some(c) = &s.checker_off {
-                out += &format!("    checker off: {c}\n");
-            }
-        }
-        for s in &self.scenarios {
-            for f in &s.fingerprints {
-                let phases: Vec<&str> = f.phases.iter().map(|p| p.as_str()).collect();
-                let seen = f
-                    .seen_in_runs
-                    .map(|k| format!(", seen in {k}/{} runs", self.runs))
-                    .unwrap_or_default();
-                out += &format!(
-                    "\n[{}] {} x{} {} (phase {}, {}, during '{}'{seen})\n    {}\n    fingerprint: {}\n",
-                    s.name,
-                    f.kind.as_str(),
-                    f.count,
-                    f.status.as_str(),
-                    phases.join(","),
-                    f.subsystem.as_str(),
-                    f.step,
-                    f.headline,
-                    f.fingerprint
-                );
-                if !f.locks.is_empty() {
-                    out += &format!("    locks: {}\n", f.locks.join(" vs "));
-                }
-                for frame in f.frames.iter().take(12) {
-                    out += &format!("      {frame}\n");
-                }
-            }
-        }
-        if let Some(e) = &self.error {
-            out += &format!("rig error: {e}\n");
-        }
-        out += &format!(
-            "verdict: {} ({:.1}s)\n",
-            self.judged().as_str(),
-            self.duration_s
-        );
-        out
     }
 
     /// The run's overall judged result: the worst scenario result.

@@ -971,7 +971,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
     });
     let mut report = Report::new(
         cfg.model.name(),
-        cfg.arch.debian(),
+        &cfg.arch.to_string(),
         cfg.out.join("console.log"),
     );
     let work = tempfile::Builder::new()

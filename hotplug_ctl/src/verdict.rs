@@ -124,8 +124,8 @@ impl Baseline {
         Baseline::load_for(path, None)
     }
 
-    /// As [`Baseline::load`]; in a directory with `stem` (`hibmc-arm64`), only the files named
-    /// for that card and architecture (`hibmc-arm64-fails.txt`, `hibmc-arm64.toml`, ...), as
+    /// As [`Baseline::load`]; in a directory with `stem` (`hibmc-aarch64`), only the files named
+    /// for that card and architecture (`hibmc-aarch64-fails.txt`, `hibmc-aarch64.toml`, ...), as
     /// drm-ci names its files per driver.
     pub fn load_for(path: &Path, stem: Option<&str>) -> Result<Baseline, String> {
         let mut b = Baseline::default();
@@ -516,7 +516,9 @@ impl Ord for ScenarioResult {
 pub fn baseline_from(report: &Report) -> (String, String) {
     let mut fails = format!(
         "# vanish baseline: {} on {} ({}), written by `vanish baseline`\n",
-        report.model, report.kernel, report.arch
+        report.model,
+        report.kernel,
+        report.arch_name()
     );
     let mut known: BTreeMap<String, Known> = BTreeMap::new();
     for s in &report.scenarios {
@@ -552,7 +554,7 @@ pub fn baseline_from(report: &Report) -> (String, String) {
         "# vanish expectations: {} on {} ({})\n{}",
         report.model,
         report.kernel,
-        report.arch,
+        report.arch_name(),
         toml::to_string(&file).unwrap_or_default()
     );
     (fails, toml)
@@ -573,7 +575,7 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/baselines");
         let mut n = 0;
         for dir in std::fs::read_dir(&root).unwrap().flatten() {
-            for stem in ["hibmc-arm64", "bochs-arm64", "bochs-amd64"] {
+            for stem in ["hibmc-aarch64", "bochs-aarch64", "bochs-x86_64"] {
                 let has = std::fs::read_dir(dir.path())
                     .unwrap()
                     .flatten()

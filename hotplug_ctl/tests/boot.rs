@@ -46,7 +46,7 @@ fn bochs_binds_on_x86_64_debian_6_12() {
         "--scenario",
         "boot",
     ]);
-    let boot = check_boot(&run, "bochs", "amd64", "6.12");
+    let boot = check_boot(&run, "bochs", "x86_64", "6.12");
     assert!(run.console().contains("[drm] Initialized bochs-drm"));
     // The guest read our ID through BAR2 and the EDID we serve (1024x768 preferred).
     let modes = boot["observations"]["modes"][0].as_str().unwrap_or("");
@@ -64,7 +64,7 @@ fn bochs_binds_on_aarch64_debian_6_12() {
         "--scenario",
         "boot",
     ]);
-    check_boot(&run, "bochs", "arm64", "6.12");
+    check_boot(&run, "bochs", "aarch64", "6.12");
 }
 
 /// What a HIBMC boot must show on every kernel: EDID modes (1024x768 first), vblank IRQs.
@@ -80,7 +80,7 @@ fn check_hibmc(version: &str) {
         "--scenario",
         "boot",
     ]);
-    let boot = check_boot(&run, "hibmc", "arm64", version);
+    let boot = check_boot(&run, "hibmc", "aarch64", version);
     let obs = &boot["observations"];
     assert_eq!(obs["connectors"][0], "card0-VGA-1 connected");
     let modes: Vec<&str> = obs["modes"][0]
@@ -133,7 +133,7 @@ fn hibmc_without_a_monitor_offers_the_drivers_fallback_modes() {
         "--scenario",
         "boot",
     ]);
-    let boot = check_boot(&run, "hibmc", "arm64", "6.12");
+    let boot = check_boot(&run, "hibmc", "aarch64", "6.12");
     let modes: Vec<&str> = boot["observations"]["modes"][0]
         .as_str()
         .unwrap_or("")
@@ -197,5 +197,5 @@ fn a_users_kernel_with_a_modules_tree_boots_with_the_card() {
         "--scenario",
         "boot",
     ]);
-    check_boot(&run, "bochs", "amd64", "6.12");
+    check_boot(&run, "bochs", "x86_64", "6.12");
 }

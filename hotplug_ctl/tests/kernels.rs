@@ -180,7 +180,7 @@ fn dry_run_prints_both_arches_command_lines() {
         "qemu: qemu-system-aarch64 -machine 'virt,gic-version=3,memory-backend=mem' -accel tcg -cpu 'max,pauth-impdef=on' -m 1024M -smp 2",
         "-device 'pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1,mem-reserve=8M,pref32-reserve=64M'",
         r#"-device '{"bus":"rp1","driver":"vfio-user-pci","id":"gpu0","socket":"#,
-        "-kernel '<Debian 6.12 kernel for arm64>'",
+        "-kernel '<Debian 6.12 kernel for aarch64>'",
         "pci=hpmmiosize=8M,hpmmioprefsize=64M",
         "kasan_multi_shot",
     ] {
@@ -207,7 +207,7 @@ fn dry_run_prints_both_arches_command_lines() {
     for want in [
         "card server: vanish serve --model bochs",
         "qemu: qemu-system-x86_64 -machine 'q35,memory-backend=mem' -global 'ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off' -accel tcg -m 2048M -smp 1",
-        "-kernel '<Debian 7.3 kernel for amd64>'",
+        "-kernel '<Debian 7.3 kernel for x86_64>'",
         "console=ttyS0",
     ] {
         assert!(out.contains(want), "missing {want:?} in {out}");
