@@ -134,21 +134,43 @@ impl Baseline {
         }
         let files: Vec<PathBuf> = if path.is_dir() {
             let rd = std::fs::read_dir(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let for_stem = |p: &Path| {
-                let name = p
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                stem.is_none_or(|s| {
-                    name.starts_with(&format!("{s}-")) || name == format!("{s}.toml")
-                })
-            };
-            let mut v: Vec<PathBuf> = rd
+            let all: Vec<PathBuf> = rd
                 .flatten()
                 .map(|e| e.path())
-                .filter(|p| p.is_file() && for_stem(p))
+                .filter(|p| p.is_file())
                 .collect();
-            v.sort();
+            let for_stem = |s: &str| {
+                let mut v: Vec<PathBuf> = all
+                    .iter()
+                    .filter(|p| {
+                        let name = p
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        name.starts_with(&format!("{s}-")) || name == format!("{s}.toml")
+                    })
+                    .cloned()
+                    .collect();
+                v.sort();
+                v
+            };
+            let mut v = match stem {
+                None => {
+                    let mut v = all.clone();
+                    v.sort();
+                    v
+                }
+                // Baselines written before the architecture had one spelling are named with
+                // Debian's (`hibmc-arm64-fails.txt`); they are read when no new-named file exists.
+                Some(s) => {
+                    let v = for_stem(s);
+                    match legacy_stem(s) {
+                        Some(old) if v.is_empty() => for_stem(&old),
+                        _ => v,
+                    }
+                }
+            };
+            v.retain(|p| p.is_file());
             if v.is_empty() {
                 return Err(format!(
                     "{}: no baseline files{} in this directory",
@@ -278,6 +300,16 @@ impl Baseline {
 }
 
 /// `unbind#3` (a `--repeat` cycle) is judged as `unbind`.
+/// `MODEL-aarch64` -> `MODEL-arm64`, `MODEL-x86_64` -> `MODEL-amd64`: the stem of a baseline
+/// written when files were named with Debian's architecture.
+fn legacy_stem(stem: &str) -> Option<String> {
+    if let Some(model) = stem.strip_suffix("-aarch64") {
+        Some(format!("{model}-arm64"))
+    } else {
+        stem.strip_suffix("-x86_64").map(|m| format!("{m}-amd64"))
+    }
+}
+
 fn base_name(scenario: &str) -> &str {
     scenario.split('#').next().unwrap_or(scenario)
 }
@@ -587,6 +619,19 @@ mod tests {
             }
         }
         assert!(n >= 5, "{n} baselines");
+    }
+
+    #[test]
+    fn baselines_named_with_debians_architecture_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "hibmc-arm64-fails.txt", "unbind-rebind,Fail\n");
+        let b = Baseline::load_for(dir.path(), Some("hibmc-aarch64")).unwrap();
+        assert!(b.expected_to_fail("unbind-rebind"));
+        // A new-named file wins over an old one for the same card.
+        write(dir.path(), "hibmc-aarch64-fails.txt", "hotreplug,Fail\n");
+        let b = Baseline::load_for(dir.path(), Some("hibmc-aarch64")).unwrap();
+        assert!(b.expected_to_fail("hotreplug") && !b.expected_to_fail("unbind-rebind"));
+        assert!(Baseline::load_for(dir.path(), Some("bochs-x86_64")).is_err());
     }
 
     #[test]
