@@ -9,11 +9,13 @@
 //! extension block. Other sizes and alignments are served by the shared adapter in
 //! [`crate::regs`] (QEMU accepts 1..=4-byte DISPI accesses and only 4-byte qext ones).
 
-use pci_config::{Capability, ConfigSpace, PciIdentity};
+use pci_config::{Capability, PciIdentity};
 use vram_bar::{PixelFormat, Scanout, Vram};
 
-use crate::regs::{self, Register, RegisterMapped, RegisterStats, Registers, Written};
-use crate::{CardOptions, DataPath, Interrupts, ModelError, ModelInfo, ModelKind};
+use crate::regs::{self, Register, Registers, Written};
+use crate::{
+    CardCore, CardOptions, DataPath, Interrupts, ModelError, ModelInfo, ModelKind, RegisterCard,
+};
 
 pub const VENDOR_ID: u16 = 0x1234;
 pub const DEVICE_ID: u16 = 0x1111;
@@ -109,7 +111,7 @@ pub static REGISTERS: [Register<Bochs>; 15] = [
         2,
         0,
     )
-    .on_read(|card: &Bochs, _, _| (card.vram.size() / 0x10000).min(u64::from(u16::MAX))),
+    .on_read(|card: &Bochs, _, _| (card.core.vram.size() / 0x10000).min(u64::from(u16::MAX))),
     Register::read_only("QEXT_SIZE", QEXT_SIZE_REG, 4, QEXT_SIZE as u64),
     // Only the two byte-order values are taken, as QEMU's `bochs_display_qext_write` does; any
     // other value (including a half-written one from a narrow write) leaves it as it was.
@@ -120,12 +122,10 @@ pub static REGISTERS: [Register<Bochs>; 15] = [
 
 /// The bochs display model.
 ///
-/// Invariant: every register lives in `regs` (the EDID blob, which reset keeps, is `edid`).
+/// Invariant: every register lives in `core.regs` (the EDID blob, which reset keeps, is `edid`).
 pub struct Bochs {
-    config: ConfigSpace,
-    vram: Vram,
+    core: CardCore<Bochs>,
     edid: [u8; EDID_SIZE as usize],
-    regs: Registers<Bochs>,
 }
 
 impl Bochs {
@@ -153,11 +153,13 @@ impl Bochs {
             edid[..len].copy_from_slice(&blob[..len]);
         }
         let mut card = Bochs {
-            config,
-            vram,
+            core: CardCore {
+                config,
+                vram,
+                // Gaps are tallied per 16-bit register, the DISPI width.
+                regs: Registers::new(&REGISTERS, MMIO_BAR, MMIO_SIZE, 2)?,
+            },
             edid,
-            // Gaps are tallied per 16-bit register, the DISPI width.
-            regs: Registers::new(&REGISTERS, MMIO_BAR, MMIO_SIZE, 2)?,
         };
         card.reset();
         Ok(card)
@@ -173,63 +175,37 @@ impl Bochs {
 
     /// The stored value of DISPI register `index` (< DISPI_COUNT).
     fn dispi_reg(&self, index: usize) -> u16 {
-        self.regs.get(dispi_offset(index)) as u16
+        self.core.regs.get(dispi_offset(index)) as u16
     }
 
     fn keep_known_byteorder(&mut self, write: Written) {
         let known = [BYTEORDER_LE, BYTEORDER_BE].map(u64::from);
         if !known.contains(&write.new) {
-            self.regs.set(write.offset, write.old);
+            self.core.regs.set(write.offset, write.old);
         }
     }
 
     /// Accesses to offsets the model does not implement (reads return 0).
     pub fn unimplemented_accesses(&self) -> u64 {
-        self.regs.stats().unimplemented
+        self.core.regs.stats().unimplemented
     }
 }
 
-impl RegisterMapped for Bochs {
-    fn registers(&self) -> &Registers<Bochs> {
-        &self.regs
-    }
-    fn registers_mut(&mut self) -> &mut Registers<Bochs> {
-        &mut self.regs
-    }
-}
-
-impl DataPath for Bochs {
-    fn config(&self) -> &ConfigSpace {
-        &self.config
+impl RegisterCard for Bochs {
+    fn core(&self) -> &CardCore<Bochs> {
+        &self.core
     }
 
-    fn config_mut(&mut self) -> &mut ConfigSpace {
-        &mut self.config
+    fn core_mut(&mut self) -> &mut CardCore<Bochs> {
+        &mut self.core
     }
 
-    fn vram(&self) -> &Vram {
-        &self.vram
-    }
-
-    fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
-        regs::read(self, bar, offset, data);
-    }
-
-    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
-        regs::write(self, bar, offset, data);
-    }
-
-    fn reset(&mut self) {
-        self.config.reset();
-        self.regs.reset();
-    }
-
-    fn scanout(&self) -> Option<Scanout> {
+    fn current_scanout(&self) -> Option<Scanout> {
         let dispi = |index| self.dispi_reg(index);
         if dispi(DISPI_ENABLE) & ENABLE_ENABLED == 0 {
             return None;
         }
-        let byteorder = self.regs.get(QEXT_BYTEORDER_REG) as u32;
+        let byteorder = self.core.regs.get(QEXT_BYTEORDER_REG) as u32;
         let format = match (dispi(DISPI_BPP), byteorder) {
             (32, BYTEORDER_BE) => PixelFormat::Bgrx8888,
             (32, _) => PixelFormat::Xrgb8888,
@@ -250,12 +226,8 @@ impl DataPath for Bochs {
         };
         let fits = scanout
             .byte_len()
-            .is_some_and(|len| offset + len <= self.vram.size());
+            .is_some_and(|len| offset + len <= self.core.vram.size());
         fits.then_some(scanout)
-    }
-
-    fn register_stats(&self) -> RegisterStats {
-        self.regs.stats()
     }
 }
 

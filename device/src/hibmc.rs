@@ -13,12 +13,14 @@
 
 use std::time::Duration;
 
-use pci_config::{Capability, ConfigSpace, PciIdentity};
+use pci_config::{Capability, PciIdentity};
 use vram_bar::{PixelFormat, Scanout, Vram};
 
 use crate::i2c::{BusStats, Eeprom, I2cBus};
-use crate::regs::{self, Register, RegisterMapped, RegisterStats, Registers, Written};
-use crate::{CardOptions, DataPath, Interrupts, ModelError, ModelInfo, ModelKind};
+use crate::regs::{self, Register, Registers, Written};
+use crate::{
+    CardCore, CardOptions, DataPath, Interrupts, ModelError, ModelInfo, ModelKind, RegisterCard,
+};
 
 pub const VENDOR_ID: u16 = 0x19e5;
 pub const DEVICE_ID: u16 = 0x1711;
@@ -199,9 +201,7 @@ pub const MAX_EDID_SIZE: usize = 256;
 /// Invariant: the DDC bus's master side always reflects the GPIO registers (every write to them
 /// re-drives it, and reset idles both).
 pub struct Hibmc {
-    config: ConfigSpace,
-    vram: Vram,
-    regs: Registers<Hibmc>,
+    core: CardCore<Hibmc>,
     ddc: I2cBus<Eeprom>,
 }
 
@@ -241,10 +241,12 @@ impl Hibmc {
             Some(Eeprom::new(&blob))
         };
         let mut card = Hibmc {
-            config,
-            vram,
-            // Unimplemented offsets are tallied per 32-bit register, the driver's access size.
-            regs: Registers::new(&REGISTERS, MMIO_BAR, MMIO_SIZE, 4)?,
+            core: CardCore {
+                config,
+                vram,
+                // Unimplemented offsets are tallied per 32-bit register, the driver's access size.
+                regs: Registers::new(&REGISTERS, MMIO_BAR, MMIO_SIZE, 4)?,
+            },
             ddc: I2cBus::new(eeprom),
         };
         card.reset();
@@ -258,7 +260,7 @@ impl Hibmc {
 
     /// The stored value of one of the registers above.
     fn reg(&self, offset: u64) -> u32 {
-        self.regs.get(offset) as u32
+        self.core.regs.get(offset) as u32
     }
 
     /// What CURRENT_GATE shows: `hibmc_set_current_gate` writes MODE1_GATE in power mode 1 and
@@ -285,12 +287,12 @@ impl Hibmc {
 
     /// (register offset, accesses) of every unimplemented BAR1 register touched, for reports.
     pub fn unimplemented_offsets(&self) -> Vec<(u64, u64)> {
-        self.regs.stats().unimplemented_offsets
+        self.core.regs.stats().unimplemented_offsets
     }
 
     /// Accesses to offsets the model does not implement (reads return 0).
     pub fn unimplemented_accesses(&self) -> u64 {
-        self.regs.stats().unimplemented
+        self.core.regs.stats().unimplemented
     }
 
     /// Time from one vblank to the next in the programmed mode: htotal * vtotal pixels at the
@@ -318,7 +320,8 @@ impl Hibmc {
     /// Vblank MSIs go out while the driver has vblank enabled and MSI is on. Bus Master Enable is
     /// deliberately not required: 6.1 and 6.12 never set it, and still expect their vblanks.
     fn vblank_enabled(&self) -> bool {
-        self.reg(RAW_INTERRUPT_EN) & INT_VBLANK != 0 && self.config.msi().is_some_and(|m| m.enabled)
+        self.reg(RAW_INTERRUPT_EN) & INT_VBLANK != 0
+            && self.core.config.msi().is_some_and(|m| m.enabled)
     }
 
     /// Write hook of both GPIO registers: the card pulls a DDC line low where it is an output
@@ -330,45 +333,23 @@ impl Hibmc {
     }
 }
 
-impl RegisterMapped for Hibmc {
-    fn registers(&self) -> &Registers<Hibmc> {
-        &self.regs
-    }
-    fn registers_mut(&mut self) -> &mut Registers<Hibmc> {
-        &mut self.regs
-    }
-}
-
-impl DataPath for Hibmc {
-    fn config(&self) -> &ConfigSpace {
-        &self.config
+impl RegisterCard for Hibmc {
+    fn core(&self) -> &CardCore<Hibmc> {
+        &self.core
     }
 
-    fn config_mut(&mut self) -> &mut ConfigSpace {
-        &mut self.config
+    fn core_mut(&mut self) -> &mut CardCore<Hibmc> {
+        &mut self.core
     }
 
-    fn vram(&self) -> &Vram {
-        &self.vram
-    }
-
-    fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
-        regs::read(self, bar, offset, data);
-    }
-
-    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
-        regs::write(self, bar, offset, data);
-    }
-
-    fn reset(&mut self) {
-        self.config.reset();
-        self.regs.reset();
+    /// The DDC bus idles with the GPIO registers (both lines released).
+    fn reset_own_state(&mut self) {
         self.ddc.reset();
     }
 
     /// On screen iff TIMING and PLANE are set and DPMS is on (0): `mode_set_nofb` writes
     /// TIMING|PLANE, `hibmc_crtc_dpms` sets DPMS and clears TIMING when the CRTC goes off.
-    fn scanout(&self) -> Option<Scanout> {
+    fn current_scanout(&self) -> Option<Scanout> {
         let ctl = self.reg(CRT_DISP_CTL);
         if ctl & DISP_CTL_TIMING == 0 || ctl & DISP_CTL_PLANE == 0 || ctl & DISP_CTL_DPMS_MASK != 0
         {
@@ -389,12 +370,8 @@ impl DataPath for Hibmc {
         let fits = scanout
             .byte_len()
             .and_then(|len| scanout.offset.checked_add(len))
-            .is_some_and(|end| end <= self.vram.size());
+            .is_some_and(|end| end <= self.core.vram.size());
         fits.then_some(scanout)
-    }
-
-    fn register_stats(&self) -> RegisterStats {
-        self.regs.stats()
     }
 }
 
@@ -406,8 +383,10 @@ impl Interrupts for Hibmc {
     /// The status bit is raw: it latches whether or not the interrupt is enabled; only the MSI
     /// depends on the enable.
     fn vblank(&mut self) -> Option<u32> {
-        let status = self.regs.get(RAW_INTERRUPT);
-        self.regs.set(RAW_INTERRUPT, status | u64::from(INT_VBLANK));
+        let status = self.core.regs.get(RAW_INTERRUPT);
+        self.core
+            .regs
+            .set(RAW_INTERRUPT, status | u64::from(INT_VBLANK));
         self.vblank_enabled().then_some(0)
     }
 }
@@ -416,7 +395,7 @@ impl Interrupts for Hibmc {
 mod tests {
     use super::*;
     use crate::edid::default_edid;
-    use pci_config::BarType;
+    use pci_config::{BarType, ConfigSpace};
 
     fn options() -> CardOptions {
         CardOptions {

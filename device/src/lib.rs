@@ -1,9 +1,10 @@
 //! vanish's emulated PCI display cards and the vfio-user server glue.
 //!
 //! A card is one file (`bochs.rs`, `hibmc.rs`): its identity as data ([`ModelInfo`]), its
-//! register table ([`regs::Register`]s with their behaviour hooks) and the traits of a
-//! [`DeviceModel`]: [`DataPath`] (config space, BARs, reset, what is on screen) and
-//! [`Interrupts`] (vblank timing and which MSI to raise). Models know nothing about sockets or
+//! register table ([`regs::Register`]s with their behaviour hooks), a [`RegisterCard`] impl (its
+//! [`CardCore`], scanout and own state) from which its [`DataPath`] follows (config space, BARs
+//! through the shared adapter, reset, counters), and its [`Interrupts`] (vblank timing and which
+//! MSI to raise). [`DeviceModel`] is both traits together. Models know nothing about sockets or
 //! QEMU, so unit tests drive them directly; [`transport`] serves any model to QEMU over
 //! vfio-user and [`Card`] holds the state both sides share (the model, the "dead" switch used
 //! for surprise removal, and the interrupt eventfds QEMU handed over).
@@ -171,7 +172,7 @@ pub(crate) fn display_config(
 /// Invariants every implementation keeps:
 /// - `bar_read`/`bar_write` accept any BAR index, offset and length (they come from the guest via
 ///   QEMU) and never panic: unknown BARs and offsets read as zero and drop writes (the shared
-///   adapter [`regs::read`]/[`regs::write`] does this, and counts them, for every card);
+///   adapter [`regs::read()`]/[`regs::write()`] does this, and counts them, for every card);
 /// - the VRAM returned by [`DataPath::vram`] backs BAR [`ModelInfo::vram_bar`] and is exported to
 ///   QEMU for mmap, so most guest accesses to it never reach `bar_read`/`bar_write`;
 /// - `reset` returns registers and config space to power-on values but keeps VRAM content (as
@@ -189,6 +190,64 @@ pub trait DataPath: Send {
     fn scanout(&self) -> Option<Scanout>;
     /// Per-register access counts and unimplemented accesses, kept by the register adapter.
     fn register_stats(&self) -> RegisterStats;
+}
+
+/// What every register-table card holds: config space, VRAM and its register block.
+pub struct CardCore<M: 'static> {
+    pub config: ConfigSpace,
+    pub vram: Vram,
+    pub regs: regs::Registers<M>,
+}
+
+/// A card built on [`CardCore`]: its file gives the table, the behaviour hooks, the scanout and
+/// any state of its own to reset; the [`DataPath`] (BAR accesses through the shared adapter,
+/// config space, reset, counters) follows for every such card from the impl below.
+pub trait RegisterCard: Sized + Send + 'static {
+    fn core(&self) -> &CardCore<Self>;
+    fn core_mut(&mut self) -> &mut CardCore<Self>;
+    /// What is on screen now, or None while the display is off ([`DataPath::scanout`]).
+    fn current_scanout(&self) -> Option<Scanout>;
+    /// Device state outside the registers and config space back to power-on (default: none).
+    fn reset_own_state(&mut self) {}
+}
+
+impl<T: RegisterCard> regs::RegisterMapped for T {
+    fn registers(&self) -> &regs::Registers<T> {
+        &self.core().regs
+    }
+    fn registers_mut(&mut self) -> &mut regs::Registers<T> {
+        &mut self.core_mut().regs
+    }
+}
+
+impl<T: RegisterCard> DataPath for T {
+    fn config(&self) -> &ConfigSpace {
+        &self.core().config
+    }
+    fn config_mut(&mut self) -> &mut ConfigSpace {
+        &mut self.core_mut().config
+    }
+    fn vram(&self) -> &Vram {
+        &self.core().vram
+    }
+    fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+        regs::read(self, bar, offset, data);
+    }
+    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        regs::write(self, bar, offset, data);
+    }
+    fn reset(&mut self) {
+        let core = self.core_mut();
+        core.config.reset();
+        core.regs.reset();
+        self.reset_own_state();
+    }
+    fn scanout(&self) -> Option<Scanout> {
+        self.current_scanout()
+    }
+    fn register_stats(&self) -> RegisterStats {
+        self.core().regs.stats()
+    }
 }
 
 /// The interrupt and timing part of an emulated PCI function: the server's vblank timer asks

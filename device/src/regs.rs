@@ -4,7 +4,7 @@
 //! A card declares its register BAR once, as a sorted table of [`Register`]s: offset, width,
 //! element count (for arrays such as a palette), power-on value, write mask, write-1-to-clear
 //! mask, and the behaviour hooks beside the entry. [`Registers`] holds the values and the
-//! per-register access counters; [`read`] and [`write`] are the only code that interprets an
+//! per-register access counters; [`read()`] and [`write()`] are the only code that interprets an
 //! access, so every card gets the same access-size semantics:
 //!
 //! - an access of any length at any alignment is split at register boundaries; each piece is a
@@ -245,7 +245,7 @@ pub struct Registers<M: 'static> {
     unimplemented_offsets: BTreeMap<u64, u64>,
 }
 
-/// A model whose register BAR is a [`Registers`] block; what [`read`] and [`write`] need.
+/// A model whose register BAR is a [`Registers`] block; what [`read()`] and [`write()`] need.
 pub trait RegisterMapped: Sized + 'static {
     fn registers(&self) -> &Registers<Self>;
     fn registers_mut(&mut self) -> &mut Registers<Self>;
@@ -444,7 +444,7 @@ fn lanes(lane: usize, n: usize) -> u64 {
     width_mask(n as u8) << (8 * lane)
 }
 
-/// What the guest reads from the register element at `offset`, as [`read`] would return it but
+/// What the guest reads from the register element at `offset`, as [`read()`] would return it but
 /// without counting; None if no register element starts there.
 pub fn peek<M: RegisterMapped>(model: &M, offset: u64) -> Option<u64> {
     let regs = model.registers();
@@ -457,11 +457,27 @@ pub fn peek<M: RegisterMapped>(model: &M, offset: u64) -> Option<u64> {
     )
 }
 
-/// A guest read of `data.len()` bytes at `offset` of BAR `bar`. Never panics: see the module
-/// documentation for what unimplemented bytes do.
-pub fn read<M: RegisterMapped>(model: &mut M, bar: usize, offset: u64, data: &mut [u8]) {
-    data.fill(0);
-    if data.is_empty() {
+/// One register piece of an access, for [`access`]'s callback.
+struct Part {
+    entry: usize,
+    element: usize,
+    /// First byte lane of the element the piece covers.
+    lane: usize,
+    /// Where the piece lies in the access's data.
+    bytes: std::ops::Range<usize>,
+}
+
+/// The one walk over an access of `len` bytes both directions share: other BARs, gaps, the end
+/// of the block and the end of the address space are counted here (once per access); each
+/// register piece goes to `on_register`.
+fn access<M: RegisterMapped>(
+    model: &mut M,
+    bar: usize,
+    offset: u64,
+    len: usize,
+    mut on_register: impl FnMut(&mut M, Part),
+) {
+    if len == 0 {
         return;
     }
     if bar != model.registers().bar {
@@ -470,27 +486,25 @@ pub fn read<M: RegisterMapped>(model: &mut M, bar: usize, offset: u64, data: &mu
     }
     let mut missed = None;
     let mut done = 0;
-    while done < data.len() {
+    while done < len {
         let Some(at) = offset.checked_add(done as u64) else {
             missed = missed.or(Some(None));
             break;
         };
-        match model.registers().piece(at, data.len() - done) {
+        match model.registers().piece(at, len - done) {
             Piece::Register {
                 entry,
                 element,
                 lane,
                 n,
             } => {
-                let regs = model.registers();
-                let table = regs.table;
-                let stored = regs.values[regs.first_slot[entry] + element];
-                let value = match table[entry].on_read {
-                    Some(hook) => hook(model, element, stored),
-                    None => stored,
+                let part = Part {
+                    entry,
+                    element,
+                    lane,
+                    bytes: done..done + n,
                 };
-                data[done..done + n].copy_from_slice(&value.to_le_bytes()[lane..lane + n]);
-                model.registers_mut().counts[entry][0] += 1;
+                on_register(model, part);
                 done += n;
             }
             Piece::Gap { at, n } => {
@@ -504,66 +518,55 @@ pub fn read<M: RegisterMapped>(model: &mut M, bar: usize, offset: u64, data: &mu
     }
 }
 
+/// A guest read of `data.len()` bytes at `offset` of BAR `bar`. Never panics: see the module
+/// documentation for what unimplemented bytes do.
+pub fn read<M: RegisterMapped>(model: &mut M, bar: usize, offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    access(model, bar, offset, data.len(), |model, part| {
+        let regs = model.registers();
+        let reg = &regs.table[part.entry];
+        let stored = regs.values[regs.first_slot[part.entry] + part.element];
+        let value = match reg.on_read {
+            Some(hook) => hook(model, part.element, stored),
+            None => stored,
+        };
+        let lanes = part.lane..part.lane + part.bytes.len();
+        data[part.bytes].copy_from_slice(&value.to_le_bytes()[lanes]);
+        model.registers_mut().counts[part.entry][0] += 1;
+    });
+}
+
 /// A guest write of `data` at `offset` of BAR `bar`: each register piece is a read-modify-write
 /// through the register's write mask and W1C mask, then its write hook. Never panics.
 pub fn write<M: RegisterMapped>(model: &mut M, bar: usize, offset: u64, data: &[u8]) {
-    if data.is_empty() {
-        return;
-    }
-    if bar != model.registers().bar {
-        model.registers_mut().note_unimplemented(None);
-        return;
-    }
-    let mut missed = None;
-    let mut done = 0;
-    while done < data.len() {
-        let Some(at) = offset.checked_add(done as u64) else {
-            missed = missed.or(Some(None));
-            break;
-        };
-        match model.registers().piece(at, data.len() - done) {
-            Piece::Register {
-                entry,
-                element,
-                lane,
-                n,
-            } => {
-                let mut bytes = [0u8; 8];
-                bytes[lane..lane + n].copy_from_slice(&data[done..done + n]);
-                let value = u64::from_le_bytes(bytes);
-                let covered = lanes(lane, n);
-                let regs = model.registers_mut();
-                let reg = regs.table[entry];
-                let slot = regs.first_slot[entry] + element;
-                let old = regs.values[slot];
-                let writable = reg.write_mask & covered;
-                let cleared = reg.w1c & covered & value;
-                let new = (old & !writable | value & writable) & !cleared;
-                regs.values[slot] = new;
-                regs.counts[entry][1] += 1;
-                if let Some(hook) = reg.on_write {
-                    let offset = reg.offset + element as u64 * u64::from(reg.width);
-                    hook(
-                        model,
-                        Written {
-                            element,
-                            offset,
-                            old,
-                            new,
-                        },
-                    );
-                }
-                done += n;
-            }
-            Piece::Gap { at, n } => {
-                missed = missed.or(Some(Some(at)));
-                done += n;
-            }
+    access(model, bar, offset, data.len(), |model, part| {
+        let n = part.bytes.len();
+        let mut bytes = [0u8; 8];
+        bytes[part.lane..part.lane + n].copy_from_slice(&data[part.bytes]);
+        let value = u64::from_le_bytes(bytes);
+        let covered = lanes(part.lane, n);
+        let regs = model.registers_mut();
+        let reg = regs.table[part.entry];
+        let slot = regs.first_slot[part.entry] + part.element;
+        let old = regs.values[slot];
+        let writable = reg.write_mask & covered;
+        let cleared = reg.w1c & covered & value;
+        let new = (old & !writable | value & writable) & !cleared;
+        regs.values[slot] = new;
+        regs.counts[part.entry][1] += 1;
+        if let Some(hook) = reg.on_write {
+            let offset = reg.offset + part.element as u64 * u64::from(reg.width);
+            hook(
+                model,
+                Written {
+                    element: part.element,
+                    offset,
+                    old,
+                    new,
+                },
+            );
         }
-    }
-    if let Some(at) = missed {
-        model.registers_mut().note_unimplemented(at);
-    }
+    });
 }
 
 /// A conformance check each card's tests run over windows of its BAR, against a byte map
