@@ -486,13 +486,8 @@ mod tests {
         write16(&mut c, DISPI_ENABLE, 0x41);
         read16(&mut c, DISPI_BASE);
         let s = c.register_stats();
-        let counts: Vec<_> = s
-            .registers
-            .iter()
-            .map(|r| (r.name, r.offset, r.reads, r.writes))
-            .collect();
         assert_eq!(
-            counts,
+            s.counts(),
             [
                 ("EDID", EDID_BASE, 128, 0),
                 ("DISPI_ID", DISPI_BASE, 1, 0),

@@ -893,13 +893,8 @@ mod tests {
         writel(&mut c, CRT_PALETTE + 8, 1);
         readl(&mut c, 0x100);
         let s = c.register_stats();
-        let counts: Vec<_> = s
-            .registers
-            .iter()
-            .map(|r| (r.name, r.offset, r.reads, r.writes))
-            .collect();
         assert_eq!(
-            counts,
+            s.counts(),
             [
                 ("CRT_DISP_CTL", CRT_DISP_CTL, 2, 1),
                 ("CRT_PALETTE", CRT_PALETTE, 0, 1)

@@ -225,6 +225,16 @@ pub struct RegisterStats {
     pub unimplemented_offsets: Vec<(u64, u64)>,
 }
 
+impl RegisterStats {
+    /// (name, offset, reads, writes) of every register touched, for logs and assertions.
+    pub fn counts(&self) -> Vec<(&'static str, u64, u64, u64)> {
+        self.registers
+            .iter()
+            .map(|r| (r.name, r.offset, r.reads, r.writes))
+            .collect()
+    }
+}
+
 /// The register block of one BAR: the table, the values and the counters.
 ///
 /// Invariants: `table` is sorted by offset, its entries do not overlap and all end within
