@@ -3,11 +3,19 @@
 //! BAR0 is VRAM; BAR2 is 4 KiB of registers: the EDID blob, a VGA ioport window, the DISPI
 //! (VBE) registers and QEMU's extension block. No interrupts: every bochs-drm version either
 //! fakes vblank (6.1, 6.12) or runs a software vblank timer (7.x).
+//!
+//! The BAR is the table [`REGISTERS`], with the widths bochs-drm uses: `readb` for the EDID,
+//! `readb`/`writeb` for the VGA window, `readw`/`writew` for DISPI and `readl`/`writel` for the
+//! extension block. Other sizes and alignments are served by the shared adapter in
+//! [`crate::regs`] (QEMU accepts 1..=4-byte DISPI accesses and only 4-byte qext ones).
 
-use pci_config::{Capability, ConfigSpace, PciIdentity};
+use pci_config::{Capability, PciIdentity};
 use vram_bar::{PixelFormat, Scanout, Vram};
 
-use crate::{CardOptions, DeviceModel, ModelError, ModelKind};
+use crate::regs::{self, Register, Registers, Written};
+use crate::{
+    CardCore, CardOptions, DataPath, Interrupts, ModelError, ModelInfo, ModelKind, RegisterCard,
+};
 
 pub const VENDOR_ID: u16 = 0x1234;
 pub const DEVICE_ID: u16 = 0x1111;
@@ -25,6 +33,18 @@ pub const MIN_VRAM_SIZE: u64 = 4 << 20;
 pub const VRAM_BAR: usize = 0;
 pub const MMIO_BAR: usize = 2;
 pub const MMIO_SIZE: u64 = 0x1000;
+
+pub static INFO: ModelInfo = ModelInfo {
+    kind: ModelKind::Bochs,
+    name: "bochs",
+    linux_driver: "bochs-drm",
+    linux_module: "bochs",
+    pci_id: (VENDOR_ID, DEVICE_ID),
+    default_vram_size: DEFAULT_VRAM_SIZE,
+    vram_bar: VRAM_BAR,
+    register_bar: MMIO_BAR,
+    msi_vectors: 0,
+};
 
 // BAR2 layout.
 /// EDID blob, read with readb, 0x000..0x400.
@@ -60,15 +80,52 @@ pub const DISPI_COUNT: usize = 0xb;
 pub const DISPI_ID_VALUE: u16 = 0xb0c5;
 pub const ENABLE_ENABLED: u16 = 0x01;
 
+/// Offset of DISPI register `index` in BAR2.
+pub const fn dispi_offset(index: usize) -> u64 {
+    DISPI_BASE + 2 * index as u64
+}
+
+/// BAR2, every register once; the gaps between the blocks are unimplemented, as in QEMU.
+pub static REGISTERS: [Register<Bochs>; 15] = [
+    // The blob given at construction; no write reaches it.
+    Register::read_only("EDID", EDID_BASE, 1, 0)
+        .array(EDID_SIZE as u32)
+        .on_read(|card: &Bochs, i, _| u64::from(card.edid[i])),
+    // Blanking writes (attribute controller 0x3c0, misc output 0x3c2): kept, no effect on the
+    // scanout, as in QEMU's bochs-display which has no VGA core at all.
+    Register::storage("VGA", VGA_BASE, 1).array(VGA_SIZE as u32),
+    Register::read_only("DISPI_ID", dispi_offset(DISPI_ID), 2, DISPI_ID_VALUE as u64),
+    Register::storage("DISPI_XRES", dispi_offset(DISPI_XRES), 2),
+    Register::storage("DISPI_YRES", dispi_offset(DISPI_YRES), 2),
+    Register::storage("DISPI_BPP", dispi_offset(DISPI_BPP), 2),
+    Register::storage("DISPI_ENABLE", dispi_offset(DISPI_ENABLE), 2),
+    Register::storage("DISPI_BANK", dispi_offset(DISPI_BANK), 2),
+    Register::storage("DISPI_VIRT_WIDTH", dispi_offset(DISPI_VIRT_WIDTH), 2),
+    Register::storage("DISPI_VIRT_HEIGHT", dispi_offset(DISPI_VIRT_HEIGHT), 2),
+    Register::storage("DISPI_X_OFFSET", dispi_offset(DISPI_X_OFFSET), 2),
+    Register::storage("DISPI_Y_OFFSET", dispi_offset(DISPI_Y_OFFSET), 2),
+    // VRAM size in 64 KiB units, read-only.
+    Register::read_only(
+        "DISPI_VIDEO_MEMORY_64K",
+        dispi_offset(DISPI_VIDEO_MEMORY_64K),
+        2,
+        0,
+    )
+    .on_read(|card: &Bochs, _, _| (card.core.vram.size() / 0x10000).min(u64::from(u16::MAX))),
+    Register::read_only("QEXT_SIZE", QEXT_SIZE_REG, 4, QEXT_SIZE as u64),
+    // Only the two byte-order values are taken, as QEMU's `bochs_display_qext_write` does; any
+    // other value (including a half-written one from a narrow write) leaves it as it was.
+    Register::storage("QEXT_BYTEORDER", QEXT_BYTEORDER_REG, 4)
+        .reset(BYTEORDER_LE as u64)
+        .on_write(Bochs::keep_known_byteorder),
+];
+
 /// The bochs display model.
+///
+/// Invariant: every register lives in `core.regs` (the EDID blob, which reset keeps, is `edid`).
 pub struct Bochs {
-    config: ConfigSpace,
-    vram: Vram,
+    core: CardCore<Bochs>,
     edid: [u8; EDID_SIZE as usize],
-    dispi: [u16; DISPI_COUNT],
-    vga: [u8; VGA_SIZE as usize],
-    byteorder: u32,
-    unimplemented: u64,
 }
 
 impl Bochs {
@@ -96,13 +153,13 @@ impl Bochs {
             edid[..len].copy_from_slice(&blob[..len]);
         }
         let mut card = Bochs {
-            config,
-            vram,
+            core: CardCore {
+                config,
+                vram,
+                // Gaps are tallied per 16-bit register, the DISPI width.
+                regs: Registers::new(&REGISTERS, MMIO_BAR, MMIO_SIZE, 2)?,
+            },
             edid,
-            dispi: [0; DISPI_COUNT],
-            vga: [0; VGA_SIZE as usize],
-            byteorder: BYTEORDER_LE,
-            unimplemented: 0,
         };
         card.reset();
         Ok(card)
@@ -110,158 +167,72 @@ impl Bochs {
 
     /// Current value of DISPI register `index` as the driver reads it.
     pub fn dispi(&self, index: usize) -> u16 {
-        match index {
-            DISPI_ID => DISPI_ID_VALUE,
-            DISPI_VIDEO_MEMORY_64K => (self.vram.size() / 0x10000).min(u64::from(u16::MAX)) as u16,
-            _ => self.dispi.get(index).copied().unwrap_or(0),
+        if index >= DISPI_COUNT {
+            return 0;
+        }
+        regs::peek(self, dispi_offset(index)).map_or(0, |v| v as u16)
+    }
+
+    /// The stored value of DISPI register `index` (< DISPI_COUNT).
+    fn dispi_reg(&self, index: usize) -> u16 {
+        self.core.regs.get(dispi_offset(index)) as u16
+    }
+
+    fn keep_known_byteorder(&mut self, write: Written) {
+        let known = [BYTEORDER_LE, BYTEORDER_BE].map(u64::from);
+        if !known.contains(&write.new) {
+            self.core.regs.set(write.offset, write.old);
         }
     }
 
-    fn dispi_write(&mut self, index: usize, value: u16) {
-        match index {
-            // Read-only: identity and memory size.
-            DISPI_ID | DISPI_VIDEO_MEMORY_64K => {}
-            _ => {
-                if let Some(reg) = self.dispi.get_mut(index) {
-                    *reg = value;
-                }
-            }
-        }
-    }
-
-    /// One byte of BAR2 as the driver would read it.
-    fn mmio_byte(&mut self, offset: u64) -> u8 {
-        match offset {
-            o if o < EDID_BASE + EDID_SIZE => self.edid[o as usize],
-            o if (VGA_BASE..VGA_BASE + VGA_SIZE).contains(&o) => self.vga[(o - VGA_BASE) as usize],
-            o if (DISPI_BASE..DISPI_BASE + 2 * DISPI_COUNT as u64).contains(&o) => {
-                let rel = o - DISPI_BASE;
-                self.dispi((rel / 2) as usize).to_le_bytes()[(rel % 2) as usize]
-            }
-            o if (QEXT_SIZE_REG..QEXT_SIZE_REG + 4).contains(&o) => {
-                QEXT_SIZE.to_le_bytes()[(o - QEXT_SIZE_REG) as usize]
-            }
-            o if (QEXT_BYTEORDER_REG..QEXT_BYTEORDER_REG + 4).contains(&o) => {
-                self.byteorder.to_le_bytes()[(o - QEXT_BYTEORDER_REG) as usize]
-            }
-            _ => {
-                self.unimplemented += 1;
-                0
-            }
-        }
+    /// Accesses to offsets the model does not implement (reads return 0).
+    pub fn unimplemented_accesses(&self) -> u64 {
+        self.core.regs.stats().unimplemented
     }
 }
 
-impl DeviceModel for Bochs {
-    fn kind(&self) -> ModelKind {
-        ModelKind::Bochs
+impl RegisterCard for Bochs {
+    fn core(&self) -> &CardCore<Bochs> {
+        &self.core
     }
 
-    fn config(&self) -> &ConfigSpace {
-        &self.config
+    fn core_mut(&mut self) -> &mut CardCore<Bochs> {
+        &mut self.core
     }
 
-    fn config_mut(&mut self) -> &mut ConfigSpace {
-        &mut self.config
-    }
-
-    fn vram_bar(&self) -> usize {
-        VRAM_BAR
-    }
-
-    fn vram(&self) -> &Vram {
-        &self.vram
-    }
-
-    fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
-        if bar != MMIO_BAR {
-            data.fill(0);
-            self.unimplemented += 1;
-            return;
-        }
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = match offset.checked_add(i as u64) {
-                Some(o) if o < MMIO_SIZE => self.mmio_byte(o),
-                _ => 0,
-            };
-        }
-    }
-
-    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
-        let end = offset.checked_add(data.len() as u64);
-        if bar != MMIO_BAR || end.is_none_or(|end| end > MMIO_SIZE) {
-            self.unimplemented += 1;
-            return;
-        }
-        match offset {
-            o if (VGA_BASE..VGA_BASE + VGA_SIZE).contains(&o) => {
-                // Blanking writes (attribute controller 0x3c0, misc output 0x3c2): kept, no effect
-                // on the scanout, as in QEMU's bochs-display which has no VGA core at all.
-                for (i, b) in data.iter().enumerate() {
-                    if let Some(slot) = self.vga.get_mut((o - VGA_BASE) as usize + i) {
-                        *slot = *b;
-                    }
-                }
-            }
-            o if (DISPI_BASE..DISPI_BASE + 2 * DISPI_COUNT as u64).contains(&o) => {
-                // DISPI registers are 16 bits wide; a byte write replaces one half.
-                for (i, b) in data.iter().enumerate() {
-                    let rel = o - DISPI_BASE + i as u64;
-                    let index = (rel / 2) as usize;
-                    let mut bytes = self.dispi(index).to_le_bytes();
-                    bytes[(rel % 2) as usize] = *b;
-                    self.dispi_write(index, u16::from_le_bytes(bytes));
-                }
-            }
-            QEXT_BYTEORDER_REG if data.len() == 4 => {
-                let value = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
-                if value == BYTEORDER_LE || value == BYTEORDER_BE {
-                    self.byteorder = value;
-                }
-            }
-            _ => self.unimplemented += 1,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.config.reset();
-        self.dispi = [0; DISPI_COUNT];
-        self.vga = [0; VGA_SIZE as usize];
-        self.byteorder = BYTEORDER_LE;
-    }
-
-    fn scanout(&self) -> Option<Scanout> {
-        if self.dispi[DISPI_ENABLE] & ENABLE_ENABLED == 0 {
+    fn current_scanout(&self) -> Option<Scanout> {
+        let dispi = |index| self.dispi_reg(index);
+        if dispi(DISPI_ENABLE) & ENABLE_ENABLED == 0 {
             return None;
         }
-        let format = match (self.dispi[DISPI_BPP], self.byteorder) {
+        let byteorder = self.core.regs.get(QEXT_BYTEORDER_REG) as u32;
+        let format = match (dispi(DISPI_BPP), byteorder) {
             (32, BYTEORDER_BE) => PixelFormat::Bgrx8888,
             (32, _) => PixelFormat::Xrgb8888,
             (16, _) => PixelFormat::Rgb565,
             _ => return None,
         };
         let bytepp = u64::from(format.bytes_per_pixel());
-        let width = u32::from(self.dispi[DISPI_XRES]);
-        let stride = u64::from(self.dispi[DISPI_VIRT_WIDTH].max(self.dispi[DISPI_XRES])) * bytepp;
-        let offset = u64::from(self.dispi[DISPI_X_OFFSET]) * bytepp
-            + u64::from(self.dispi[DISPI_Y_OFFSET]) * stride;
+        let width = u32::from(dispi(DISPI_XRES));
+        let stride = u64::from(dispi(DISPI_VIRT_WIDTH).max(dispi(DISPI_XRES))) * bytepp;
+        let offset =
+            u64::from(dispi(DISPI_X_OFFSET)) * bytepp + u64::from(dispi(DISPI_Y_OFFSET)) * stride;
         let scanout = Scanout {
             offset,
             width,
-            height: u32::from(self.dispi[DISPI_YRES]),
+            height: u32::from(dispi(DISPI_YRES)),
             stride: stride as u32,
             format,
         };
         let fits = scanout
             .byte_len()
-            .is_some_and(|len| offset + len <= self.vram.size());
+            .is_some_and(|len| offset + len <= self.core.vram.size());
         fits.then_some(scanout)
     }
-
-    fn unimplemented_accesses(&self) -> u64 {
-        self.unimplemented
-    }
 }
+
+/// No interrupts: bochs-drm never asks for one.
+impl Interrupts for Bochs {}
 
 #[cfg(test)]
 mod tests {
@@ -389,6 +360,141 @@ mod tests {
             write16(&mut c, reg, val);
         }
         assert_eq!(c.scanout(), None);
+    }
+
+    /// A 1 KiB EDID blob with no zero run, so EDID bytes are told apart from gaps.
+    fn edid_blob() -> Vec<u8> {
+        (0..EDID_SIZE)
+            .map(|i| (i as u8).wrapping_mul(7) ^ 0x99)
+            .collect()
+    }
+
+    /// Every width at every alignment across each block's edges, against the BAR2 layout of
+    /// QEMU's bochs-display and bochs-vbe.h.
+    #[test]
+    fn every_width_at_every_alignment_follows_the_register_map() {
+        use crate::regs::conformance::{check, Byte};
+        let edid = edid_blob();
+        let make = || -> Box<dyn crate::DeviceModel> {
+            Box::new(
+                Bochs::new(&CardOptions {
+                    vram_size: DEFAULT_VRAM_SIZE,
+                    edid: Some(edid_blob()),
+                    no_monitor: false,
+                })
+                .unwrap(),
+            )
+        };
+        let dispi = DISPI_BASE..DISPI_BASE + 2 * DISPI_COUNT as u64;
+        let memory_64k = (DEFAULT_VRAM_SIZE / 0x10000) as u16;
+        let map = |o: u64| match o {
+            o if o < EDID_BASE + EDID_SIZE => Byte::Fixed(edid[o as usize]),
+            o if (VGA_BASE..VGA_BASE + VGA_SIZE).contains(&o) => Byte::Storage,
+            o if (DISPI_BASE..DISPI_BASE + 2).contains(&o) => {
+                Byte::Fixed(DISPI_ID_VALUE.to_le_bytes()[(o & 1) as usize])
+            }
+            o if o >= dispi.end - 2 && o < dispi.end => {
+                Byte::Fixed(memory_64k.to_le_bytes()[(o & 1) as usize])
+            }
+            o if dispi.contains(&o) => Byte::Storage,
+            o if (QEXT_SIZE_REG..QEXT_SIZE_REG + 4).contains(&o) => {
+                Byte::Fixed(QEXT_SIZE.to_le_bytes()[(o - QEXT_SIZE_REG) as usize])
+            }
+            // The checker's data never forms a valid byte order, so it stays little-endian
+            // (the valid values are `byteorder_takes_only_the_two_known_values`).
+            o if (QEXT_BYTEORDER_REG..QEXT_BYTEORDER_REG + 4).contains(&o) => Byte::Fixed(0x1e),
+            _ => Byte::Gap,
+        };
+        for window in [
+            0..0x10,
+            EDID_SIZE - 12..VGA_BASE + 12,
+            VGA_BASE + VGA_SIZE - 12..VGA_BASE + VGA_SIZE + 12,
+            DISPI_BASE - 8..dispi.end + 10,
+            QEXT_SIZE_REG - 8..QEXT_BYTEORDER_REG + 12,
+            MMIO_SIZE - 12..MMIO_SIZE + 12,
+        ] {
+            check(&make, MMIO_BAR, window, &map);
+        }
+    }
+
+    #[test]
+    fn byteorder_takes_only_the_two_known_values() {
+        let mut c = card();
+        let byteorder = |c: &mut Bochs| {
+            let mut v = [0; 4];
+            c.bar_read(MMIO_BAR, QEXT_BYTEORDER_REG, &mut v);
+            u32::from_le_bytes(v)
+        };
+        c.bar_write(MMIO_BAR, QEXT_BYTEORDER_REG, &0x1234_5678u32.to_le_bytes());
+        assert_eq!(byteorder(&mut c), BYTEORDER_LE);
+        // Half by half, each half-written value is refused.
+        for half in [0, 2] {
+            c.bar_write(MMIO_BAR, QEXT_BYTEORDER_REG + half, &[0xbe, 0xbe]);
+        }
+        assert_eq!(byteorder(&mut c), BYTEORDER_LE);
+        c.bar_write(MMIO_BAR, QEXT_BYTEORDER_REG, &BYTEORDER_BE.to_le_bytes());
+        assert_eq!(byteorder(&mut c), BYTEORDER_BE);
+        // An 8-byte write over the extension block reaches the byte order too (QEXT_SIZE is
+        // read-only).
+        let both = u64::from(BYTEORDER_LE) << 32 | 0xffff_ffff;
+        c.bar_write(MMIO_BAR, QEXT_SIZE_REG, &both.to_le_bytes());
+        assert_eq!(byteorder(&mut c), BYTEORDER_LE);
+        let mut size = [0; 4];
+        c.bar_read(MMIO_BAR, QEXT_SIZE_REG, &mut size);
+        assert_eq!(u32::from_le_bytes(size), QEXT_SIZE);
+    }
+
+    #[test]
+    fn reset_restores_power_on_values_and_keeps_the_edid() {
+        let mut c = card();
+        let mut edid = [0; 8];
+        c.bar_read(MMIO_BAR, EDID_BASE, &mut edid);
+        for o in (0..MMIO_SIZE).step_by(4) {
+            c.bar_write(MMIO_BAR, o, &u32::MAX.to_le_bytes());
+        }
+        c.bar_write(MMIO_BAR, QEXT_BYTEORDER_REG, &BYTEORDER_BE.to_le_bytes());
+        c.reset();
+        let mut after = [0; 8];
+        c.bar_read(MMIO_BAR, EDID_BASE, &mut after);
+        assert_eq!(after, edid);
+        let mut vga = [0xaa; VGA_SIZE as usize];
+        c.bar_read(MMIO_BAR, VGA_BASE, &mut vga);
+        assert_eq!(vga, [0; VGA_SIZE as usize]);
+        for index in 0..DISPI_COUNT {
+            let want = match index {
+                DISPI_ID => DISPI_ID_VALUE,
+                DISPI_VIDEO_MEMORY_64K => 256,
+                _ => 0,
+            };
+            assert_eq!(c.dispi(index), want, "DISPI {index:#x}");
+            assert_eq!(read16(&mut c, dispi_offset(index)), want);
+        }
+        let mut qext = [0; 8];
+        c.bar_read(MMIO_BAR, QEXT_SIZE_REG, &mut qext);
+        assert_eq!(qext, [8, 0, 0, 0, 0x1e, 0x1e, 0x1e, 0x1e]);
+    }
+
+    #[test]
+    fn register_counts_cover_bochs_too() {
+        let mut c = card();
+        let mut edid = [0; 128];
+        for (i, b) in edid.iter_mut().enumerate() {
+            let mut one = [0];
+            c.bar_read(MMIO_BAR, i as u64, &mut one);
+            *b = one[0];
+        }
+        write16(&mut c, DISPI_ENABLE, 0x41);
+        read16(&mut c, DISPI_BASE);
+        let s = c.register_stats();
+        assert_eq!(
+            s.counts(),
+            [
+                ("EDID", EDID_BASE, 128, 0),
+                ("DISPI_ID", DISPI_BASE, 1, 0),
+                ("DISPI_ENABLE", dispi_offset(DISPI_ENABLE), 0, 1)
+            ]
+        );
+        assert_eq!(s.unimplemented, 0);
     }
 
     #[test]

@@ -5,18 +5,22 @@
 //! bits that bit-bang the monitor's DDC bus, and the PLL. One MSI vector carries vblank.
 //!
 //! Register names and fields follow `drivers/gpu/drm/hisilicon/hibmc/hibmc_drm_regs.h` (the same
-//! in 6.1, 6.12 and 7.x). Everything the driver only writes is plain storage; the registers with
-//! behaviour are the current-gate mirror, the W1C interrupt status, the DDC GPIOs and the 7.x DP
-//! probe register, which must read 0 so that 7.x does not look for a DisplayPort block.
+//! in 6.1, 6.12 and 7.x). The whole BAR is the table [`REGISTERS`]: everything the driver only
+//! writes is plain storage; the registers with behaviour are the current-gate mirror, the W1C
+//! interrupt status, the DDC GPIOs and the 7.x DP probe register, which must read 0 so that 7.x
+//! does not look for a DisplayPort block. The driver only does aligned 32-bit `readl`/`writel`;
+//! other sizes and alignments are served by the shared adapter in [`crate::regs`].
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use pci_config::{Capability, ConfigSpace, PciIdentity};
+use pci_config::{Capability, PciIdentity};
 use vram_bar::{PixelFormat, Scanout, Vram};
 
 use crate::i2c::{BusStats, Eeprom, I2cBus};
-use crate::{CardOptions, DeviceModel, ModelError, ModelKind};
+use crate::regs::{self, Register, Registers, Written};
+use crate::{
+    CardCore, CardOptions, DataPath, Interrupts, ModelError, ModelInfo, ModelKind, RegisterCard,
+};
 
 pub const VENDOR_ID: u16 = 0x19e5;
 pub const DEVICE_ID: u16 = 0x1711;
@@ -38,6 +42,18 @@ pub const MMIO_BAR: usize = 1;
 pub const MMIO_SIZE: u64 = 2 << 20;
 /// One vector (vblank). 7.x asks for 1..=2 (the second is DP hot-plug) and fails probe with none.
 pub const MSI_VECTORS: u32 = 1;
+
+pub static INFO: ModelInfo = ModelInfo {
+    kind: ModelKind::Hibmc,
+    name: "hibmc",
+    linux_driver: "hibmc-drm",
+    linux_module: "hibmc-drm",
+    pci_id: (VENDOR_ID, DEVICE_ID),
+    default_vram_size: DEFAULT_VRAM_SIZE,
+    vram_bar: VRAM_BAR,
+    register_bar: MMIO_BAR,
+    msi_vectors: MSI_VECTORS,
+};
 
 // BAR1 register map (hibmc_drm_regs.h).
 /// Bit 6 (LOCALMEM_RESET) is pulsed 0 -> 1 at probe. Storage.
@@ -140,50 +156,53 @@ pub const DEFAULT_FRAME_PERIOD: Duration = Duration::from_nanos(1_000_000_000 / 
 const MIN_FRAME_NS: u64 = 1_000_000_000 / 240;
 const MAX_FRAME_NS: u64 = 1_000_000_000 / 20;
 
-/// Registers that are plain 32-bit storage (power-on value 0).
-const STORAGE: [u64; 19] = [
-    MISC_CTRL,
-    MODE0_GATE,
-    MODE1_GATE,
-    POWER_MODE_CTRL,
-    PANEL_PLL_CTRL,
-    CRT_PLL_CTRL,
-    CRT_DISP_CTL,
-    CRT_FB_ADDRESS,
-    CRT_FB_WIDTH,
-    CRT_HORZ_TOTAL,
-    CRT_HORZ_SYNC,
-    CRT_VERT_TOTAL,
-    CRT_VERT_SYNC,
-    CRT_AUTO_CENTERING_TL,
-    CRT_AUTO_CENTERING_BR,
-    DISPLAY_CONTROL_HISILE,
-    RAW_INTERRUPT_EN,
-    CRT_PLL1_HS,
-    CRT_PLL2_HS,
+/// BAR1, every register once. Power-on values are 0 ("a reasonable reset state: everything
+/// zero", the register spec); registers without hooks are plain read-write storage.
+pub static REGISTERS: [Register<Hibmc>; 25] = [
+    Register::storage("MISC_CTRL", MISC_CTRL, 4),
+    // Read-only; the driver never writes it.
+    Register::read_only("CURRENT_GATE", CURRENT_GATE, 4, 0)
+        .on_read(|card: &Hibmc, _, _| u64::from(card.current_gate())),
+    Register::storage("MODE0_GATE", MODE0_GATE, 4),
+    Register::storage("MODE1_GATE", MODE1_GATE, 4),
+    Register::storage("POWER_MODE_CTRL", POWER_MODE_CTRL, 4),
+    Register::storage("PANEL_PLL_CTRL", PANEL_PLL_CTRL, 4),
+    Register::storage("CRT_PLL_CTRL", CRT_PLL_CTRL, 4),
+    Register::storage("CRT_DISP_CTL", CRT_DISP_CTL, 4),
+    Register::storage("CRT_FB_ADDRESS", CRT_FB_ADDRESS, 4),
+    Register::storage("CRT_FB_WIDTH", CRT_FB_WIDTH, 4),
+    Register::storage("CRT_HORZ_TOTAL", CRT_HORZ_TOTAL, 4),
+    Register::storage("CRT_HORZ_SYNC", CRT_HORZ_SYNC, 4),
+    Register::storage("CRT_VERT_TOTAL", CRT_VERT_TOTAL, 4),
+    Register::storage("CRT_VERT_SYNC", CRT_VERT_SYNC, 4),
+    Register::storage("CRT_AUTO_CENTERING_TL", CRT_AUTO_CENTERING_TL, 4),
+    Register::storage("CRT_AUTO_CENTERING_BR", CRT_AUTO_CENTERING_BR, 4),
+    Register::storage("DISPLAY_CONTROL_HISILE", DISPLAY_CONTROL_HISILE, 4),
+    // Status bits are cleared by writing 1; `hibmc_interrupt` writes BIT(2). [`Hibmc::vblank`]
+    // latches bit 2.
+    Register::w1c("RAW_INTERRUPT", RAW_INTERRUPT, 4, 0xffff_ffff),
+    Register::storage("RAW_INTERRUPT_EN", RAW_INTERRUPT_EN, 4),
+    // Pins read the line levels, whoever drives them; the other bits are the data latch.
+    Register::storage("GPIO_DATA", GPIO_DATA, 4)
+        .on_read(|card: &Hibmc, _, latch| u64::from(card.gpio_levels(latch as u32)))
+        .on_write(Hibmc::drive_ddc),
+    Register::storage("GPIO_DATA_DIRECTION", GPIO_DATA_DIRECTION, 4).on_write(Hibmc::drive_ddc),
+    Register::storage("CRT_PLL1_HS", CRT_PLL1_HS, 4),
+    Register::storage("CRT_PLL2_HS", CRT_PLL2_HS, 4),
+    Register::storage("CRT_PALETTE", CRT_PALETTE, 4).array(PALETTE_ENTRIES as u32),
+    Register::read_only("DP_HOST_SERDES_CTRL", DP_HOST_SERDES_CTRL, 4, 0),
 ];
 
 /// The DDC EEPROM holds 256 bytes; serving more would need the E-DDC segment pointer at 0x30.
 pub const MAX_EDID_SIZE: usize = 256;
 
-/// Distinct unimplemented offsets remembered for reports; a guest scanning the BAR cannot make
-/// the tally grow past this (the total count keeps counting).
-const MAX_TALLIED_OFFSETS: usize = 4096;
-
 /// The HIBMC display model.
+///
+/// Invariant: the DDC bus's master side always reflects the GPIO registers (every write to them
+/// re-drives it, and reset idles both).
 pub struct Hibmc {
-    config: ConfigSpace,
-    vram: Vram,
-    storage: [u32; STORAGE.len()],
-    palette: [u32; PALETTE_ENTRIES],
-    raw_interrupt: u32,
-    gpio_data: u32,
-    gpio_dir: u32,
+    core: CardCore<Hibmc>,
     ddc: I2cBus<Eeprom>,
-    unimplemented: u64,
-    unimplemented_offsets: BTreeMap<u64, u64>,
-    /// Reads and writes per implemented register, for reports of what a driver touched.
-    accesses: BTreeMap<u64, [u64; 2]>,
 }
 
 impl Hibmc {
@@ -222,17 +241,13 @@ impl Hibmc {
             Some(Eeprom::new(&blob))
         };
         let mut card = Hibmc {
-            config,
-            vram,
-            storage: [0; STORAGE.len()],
-            palette: [0; PALETTE_ENTRIES],
-            raw_interrupt: 0,
-            gpio_data: 0,
-            gpio_dir: 0,
+            core: CardCore {
+                config,
+                vram,
+                // Unimplemented offsets are tallied per 32-bit register, the driver's access size.
+                regs: Registers::new(&REGISTERS, MMIO_BAR, MMIO_SIZE, 4)?,
+            },
             ddc: I2cBus::new(eeprom),
-            unimplemented: 0,
-            unimplemented_offsets: BTreeMap::new(),
-            accesses: BTreeMap::new(),
         };
         card.reset();
         Ok(card)
@@ -240,32 +255,29 @@ impl Hibmc {
 
     /// A register as the driver would read it (no side effects), or None if not implemented.
     pub fn register(&self, offset: u64) -> Option<u32> {
-        Some(match offset {
-            CURRENT_GATE => self.current_gate(),
-            RAW_INTERRUPT => self.raw_interrupt,
-            GPIO_DATA => {
-                // Pins read the line levels, whoever drives them.
-                let scl = if self.ddc.scl() { GPIO_SCL } else { 0 };
-                let sda = if self.ddc.sda() { GPIO_SDA } else { 0 };
-                (self.gpio_data & !(GPIO_SCL | GPIO_SDA)) | scl | sda
-            }
-            GPIO_DATA_DIRECTION => self.gpio_dir,
-            DP_HOST_SERDES_CTRL => 0,
-            o => match Self::palette_index(o) {
-                Some(i) => self.palette[i],
-                None => self.storage[Self::storage_index(o)?],
-            },
-        })
+        regs::peek(self, offset).map(|v| v as u32)
+    }
+
+    /// The stored value of one of the registers above.
+    fn reg(&self, offset: u64) -> u32 {
+        self.core.regs.get(offset) as u32
     }
 
     /// What CURRENT_GATE shows: `hibmc_set_current_gate` writes MODE1_GATE in power mode 1 and
     /// MODE0_GATE otherwise (mode 0, sleep, and the undefined 3), so the mirror follows suit.
     pub fn current_gate(&self) -> u32 {
-        if self.storage_reg(POWER_MODE_CTRL) & POWER_MODE_MASK == POWER_MODE_1 {
-            self.storage_reg(MODE1_GATE)
+        if self.reg(POWER_MODE_CTRL) & POWER_MODE_MASK == POWER_MODE_1 {
+            self.reg(MODE1_GATE)
         } else {
-            self.storage_reg(MODE0_GATE)
+            self.reg(MODE0_GATE)
         }
+    }
+
+    /// GPIO_DATA as read: the latch with the SCL/SDA bits replaced by the line levels.
+    fn gpio_levels(&self, latch: u32) -> u32 {
+        let scl = if self.ddc.scl() { GPIO_SCL } else { 0 };
+        let sda = if self.ddc.sda() { GPIO_SDA } else { 0 };
+        (latch & !(GPIO_SCL | GPIO_SDA)) | scl | sda
     }
 
     /// DDC traffic so far.
@@ -275,18 +287,20 @@ impl Hibmc {
 
     /// (register offset, accesses) of every unimplemented BAR1 register touched, for reports.
     pub fn unimplemented_offsets(&self) -> Vec<(u64, u64)> {
-        self.unimplemented_offsets
-            .iter()
-            .map(|(&o, &n)| (o, n))
-            .collect()
+        self.core.regs.stats().unimplemented_offsets
+    }
+
+    /// Accesses to offsets the model does not implement (reads return 0).
+    pub fn unimplemented_accesses(&self) -> u64 {
+        self.core.regs.stats().unimplemented
     }
 
     /// Time from one vblank to the next in the programmed mode: htotal * vtotal pixels at the
     /// clock the last PLL value selects.
     pub fn frame_period(&self) -> Duration {
-        let htotal = u64::from(self.storage_reg(CRT_HORZ_TOTAL) >> 16 & 0xfff) + 1;
-        let vtotal = u64::from(self.storage_reg(CRT_VERT_TOTAL) >> 16 & 0x7fff) + 1;
-        let pll1 = self.storage_reg(CRT_PLL1_HS) & !PLL1_SEQUENCE_BITS;
+        let htotal = u64::from(self.reg(CRT_HORZ_TOTAL) >> 16 & 0xfff) + 1;
+        let vtotal = u64::from(self.reg(CRT_VERT_TOTAL) >> 16 & 0x7fff) + 1;
+        let pll1 = self.reg(CRT_PLL1_HS) & !PLL1_SEQUENCE_BITS;
         let clock = PLL1_CLOCKS_KHZ
             .iter()
             .find(|(v, _)| v & !PLL1_SEQUENCE_BITS == pll1);
@@ -306,190 +320,37 @@ impl Hibmc {
     /// Vblank MSIs go out while the driver has vblank enabled and MSI is on. Bus Master Enable is
     /// deliberately not required: 6.1 and 6.12 never set it, and still expect their vblanks.
     fn vblank_enabled(&self) -> bool {
-        self.storage_reg(RAW_INTERRUPT_EN) & INT_VBLANK != 0
-            && self.config.msi().is_some_and(|m| m.enabled)
+        self.reg(RAW_INTERRUPT_EN) & INT_VBLANK != 0
+            && self.core.config.msi().is_some_and(|m| m.enabled)
     }
 
-    fn storage_index(offset: u64) -> Option<usize> {
-        STORAGE.iter().position(|&o| o == offset)
-    }
-
-    fn storage_reg(&self, offset: u64) -> u32 {
-        Self::storage_index(offset).map_or(0, |i| self.storage[i])
-    }
-
-    fn palette_index(offset: u64) -> Option<usize> {
-        let rel = offset.checked_sub(CRT_PALETTE)?;
-        let index = usize::try_from(rel / 4).ok()?;
-        (index < PALETTE_ENTRIES).then_some(index)
-    }
-
-    /// Writes the bytes of `value` selected by `mask` to the register at `offset`; false if the
-    /// register is not implemented.
-    fn register_write(&mut self, offset: u64, value: u32, mask: u32) -> bool {
-        let merge = |old: u32| old & !mask | value & mask;
-        match offset {
-            // Read-only; the driver never writes it.
-            CURRENT_GATE => {}
-            // Status bits are cleared by writing 1; `hibmc_interrupt` writes BIT(2).
-            RAW_INTERRUPT => self.raw_interrupt &= !(value & mask),
-            GPIO_DATA => {
-                self.gpio_data = merge(self.gpio_data);
-                self.drive_ddc();
-            }
-            GPIO_DATA_DIRECTION => {
-                self.gpio_dir = merge(self.gpio_dir);
-                self.drive_ddc();
-            }
-            DP_HOST_SERDES_CTRL => {}
-            o => {
-                if let Some(i) = Self::palette_index(o) {
-                    self.palette[i] = merge(self.palette[i]);
-                } else if let Some(i) = Self::storage_index(o) {
-                    self.storage[i] = merge(self.storage[i]);
-                } else {
-                    return false;
-                }
-            }
-        }
-        true
-    }
-
-    /// The card pulls a DDC line low where it is an output with data 0; elsewhere it lets go.
-    fn drive_ddc(&mut self) {
-        let pulls_low = self.gpio_dir & !self.gpio_data;
+    /// Write hook of both GPIO registers: the card pulls a DDC line low where it is an output
+    /// with data 0; elsewhere it lets go.
+    fn drive_ddc(&mut self, _: Written) {
+        let pulls_low = self.reg(GPIO_DATA_DIRECTION) & !self.reg(GPIO_DATA);
         self.ddc
             .set_master(pulls_low & GPIO_SCL != 0, pulls_low & GPIO_SDA != 0);
     }
-
-    fn note_unimplemented(&mut self, offset: Option<u64>) {
-        self.unimplemented += 1;
-        if let Some(offset) = offset {
-            if self.unimplemented_offsets.len() < MAX_TALLIED_OFFSETS
-                || self.unimplemented_offsets.contains_key(&offset)
-            {
-                *self.unimplemented_offsets.entry(offset).or_insert(0) += 1;
-            }
-        }
-    }
 }
 
-/// Splits an access of `len` bytes at `offset` into the 32-bit registers it touches, as
-/// (register offset, first byte lane, bytes); None for the part beyond the end of the address space.
-fn registers_touched(offset: u64, len: usize) -> impl Iterator<Item = Option<(u64, usize, usize)>> {
-    let mut done = 0usize;
-    std::iter::from_fn(move || {
-        if done >= len {
-            return None;
-        }
-        let Some(at) = offset.checked_add(done as u64) else {
-            done = len;
-            return Some(None);
-        };
-        let lane = (at & 3) as usize;
-        let n = (4 - lane).min(len - done);
-        done += n;
-        Some(Some((at & !3, lane, n)))
-    })
-}
-
-impl DeviceModel for Hibmc {
-    fn kind(&self) -> ModelKind {
-        ModelKind::Hibmc
+impl RegisterCard for Hibmc {
+    fn core(&self) -> &CardCore<Hibmc> {
+        &self.core
     }
 
-    fn config(&self) -> &ConfigSpace {
-        &self.config
+    fn core_mut(&mut self) -> &mut CardCore<Hibmc> {
+        &mut self.core
     }
 
-    fn config_mut(&mut self) -> &mut ConfigSpace {
-        &mut self.config
-    }
-
-    fn vram_bar(&self) -> usize {
-        VRAM_BAR
-    }
-
-    fn vram(&self) -> &Vram {
-        &self.vram
-    }
-
-    /// The driver only does aligned 32-bit accesses; any other size or alignment is served byte
-    /// lane by byte lane from the registers it overlaps.
-    fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        if bar != MMIO_BAR {
-            self.note_unimplemented(None);
-            return;
-        }
-        let mut missed = None;
-        let mut at = 0;
-        for part in registers_touched(offset, data.len()) {
-            let Some((reg, lane, n)) = part else {
-                missed = missed.or(Some(None));
-                break;
-            };
-            match self.register(reg).filter(|_| reg < MMIO_SIZE) {
-                Some(value) => {
-                    data[at..at + n].copy_from_slice(&value.to_le_bytes()[lane..lane + n]);
-                    self.accesses.entry(reg).or_default()[0] += 1;
-                }
-                None => missed = missed.or(Some(Some(reg))),
-            }
-            at += n;
-        }
-        if let Some(reg) = missed {
-            self.note_unimplemented(reg);
-        }
-    }
-
-    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
-        if bar != MMIO_BAR {
-            self.note_unimplemented(None);
-            return;
-        }
-        let mut missed = None;
-        let mut at = 0;
-        for part in registers_touched(offset, data.len()) {
-            let Some((reg, lane, n)) = part else {
-                missed = missed.or(Some(None));
-                break;
-            };
-            let mut bytes = [0u8; 4];
-            let mut mask = [0u8; 4];
-            bytes[lane..lane + n].copy_from_slice(&data[at..at + n]);
-            mask[lane..lane + n].fill(0xff);
-            let (value, mask) = (u32::from_le_bytes(bytes), u32::from_le_bytes(mask));
-            if reg >= MMIO_SIZE || !self.register_write(reg, value, mask) {
-                missed = missed.or(Some(Some(reg)));
-            } else {
-                self.accesses.entry(reg).or_default()[1] += 1;
-            }
-            at += n;
-        }
-        if let Some(reg) = missed {
-            self.note_unimplemented(reg);
-        }
-    }
-
-    fn register_accesses(&self) -> Vec<(u64, [u64; 2])> {
-        self.accesses.iter().map(|(&o, &n)| (o, n)).collect()
-    }
-
-    fn reset(&mut self) {
-        self.config.reset();
-        self.storage = [0; STORAGE.len()];
-        self.palette = [0; PALETTE_ENTRIES];
-        self.raw_interrupt = 0;
-        self.gpio_data = 0;
-        self.gpio_dir = 0;
+    /// The DDC bus idles with the GPIO registers (both lines released).
+    fn reset_own_state(&mut self) {
         self.ddc.reset();
     }
 
     /// On screen iff TIMING and PLANE are set and DPMS is on (0): `mode_set_nofb` writes
     /// TIMING|PLANE, `hibmc_crtc_dpms` sets DPMS and clears TIMING when the CRTC goes off.
-    fn scanout(&self) -> Option<Scanout> {
-        let ctl = self.storage_reg(CRT_DISP_CTL);
+    fn current_scanout(&self) -> Option<Scanout> {
+        let ctl = self.reg(CRT_DISP_CTL);
         if ctl & DISP_CTL_TIMING == 0 || ctl & DISP_CTL_PLANE == 0 || ctl & DISP_CTL_DPMS_MASK != 0
         {
             return None;
@@ -500,23 +361,21 @@ impl DeviceModel for Hibmc {
             _ => return None,
         };
         let scanout = Scanout {
-            offset: u64::from(self.storage_reg(CRT_FB_ADDRESS)),
-            width: (self.storage_reg(CRT_HORZ_TOTAL) & 0xfff) + 1,
-            height: (self.storage_reg(CRT_VERT_TOTAL) & 0x7ff) + 1,
-            stride: self.storage_reg(CRT_FB_WIDTH) & FB_WIDTH_PITCH_MASK,
+            offset: u64::from(self.reg(CRT_FB_ADDRESS)),
+            width: (self.reg(CRT_HORZ_TOTAL) & 0xfff) + 1,
+            height: (self.reg(CRT_VERT_TOTAL) & 0x7ff) + 1,
+            stride: self.reg(CRT_FB_WIDTH) & FB_WIDTH_PITCH_MASK,
             format,
         };
         let fits = scanout
             .byte_len()
             .and_then(|len| scanout.offset.checked_add(len))
-            .is_some_and(|end| end <= self.vram.size());
+            .is_some_and(|end| end <= self.core.vram.size());
         fits.then_some(scanout)
     }
+}
 
-    fn msi_vectors(&self) -> u32 {
-        MSI_VECTORS
-    }
-
+impl Interrupts for Hibmc {
     fn vblank_period(&self) -> Option<Duration> {
         self.vblank_enabled().then(|| self.frame_period())
     }
@@ -524,12 +383,11 @@ impl DeviceModel for Hibmc {
     /// The status bit is raw: it latches whether or not the interrupt is enabled; only the MSI
     /// depends on the enable.
     fn vblank(&mut self) -> Option<u32> {
-        self.raw_interrupt |= INT_VBLANK;
+        let status = self.core.regs.get(RAW_INTERRUPT);
+        self.core
+            .regs
+            .set(RAW_INTERRUPT, status | u64::from(INT_VBLANK));
         self.vblank_enabled().then_some(0)
-    }
-
-    fn unimplemented_accesses(&self) -> u64 {
-        self.unimplemented
     }
 }
 
@@ -537,7 +395,7 @@ impl DeviceModel for Hibmc {
 mod tests {
     use super::*;
     use crate::edid::default_edid;
-    use pci_config::BarType;
+    use pci_config::{BarType, ConfigSpace};
 
     fn options() -> CardOptions {
         CardOptions {
@@ -615,9 +473,9 @@ mod tests {
         assert_eq!(ctl >> 1 & 7, 0, "one vector");
         assert_ne!(ctl & 1 << 7, 0, "64-bit address");
         assert_eq!(ctl & 1 << 8, 0, "no per-vector masking");
-        assert_eq!(c.msi_vectors(), 1);
-        assert_eq!(c.kind(), ModelKind::Hibmc);
-        assert_eq!(c.vram_bar(), 0);
+        assert_eq!(INFO.msi_vectors, 1);
+        assert_eq!(INFO.kind, ModelKind::Hibmc);
+        assert_eq!(INFO.vram_bar, 0);
         assert_eq!(c.vram().size(), 32 << 20);
     }
 
@@ -952,6 +810,102 @@ mod tests {
         assert_eq!(c.unimplemented_accesses(), 1);
     }
 
+    /// Every width at every alignment across the interrupt registers and their gaps, the DP
+    /// probe register, the palette's edges and the end of the BAR, against hibmc_drm_regs.h.
+    #[test]
+    fn every_width_at_every_alignment_follows_the_register_map() {
+        use crate::regs::conformance::{check, Byte};
+        let make = || -> Box<dyn crate::DeviceModel> {
+            let mut c = card();
+            // Latch the vblank status bit so that W1C has something to clear.
+            c.vblank();
+            Box::new(c)
+        };
+        let in_reg = |o: u64, reg: u64| (reg..reg + 4).contains(&o);
+        check(&make, MMIO_BAR, 0x08_0278..0x08_02a0, &|o| {
+            if in_reg(o, CRT_AUTO_CENTERING_TL)
+                || in_reg(o, CRT_AUTO_CENTERING_BR)
+                || in_reg(o, DISPLAY_CONTROL_HISILE)
+                || in_reg(o, RAW_INTERRUPT_EN)
+            {
+                Byte::Storage
+            } else if o == RAW_INTERRUPT {
+                Byte::W1c(INT_VBLANK as u8)
+            } else if in_reg(o, RAW_INTERRUPT) {
+                Byte::W1c(0)
+            } else {
+                Byte::Gap
+            }
+        });
+        check(&make, MMIO_BAR, 0x1f_0014..0x1f_0028, &|o| {
+            if in_reg(o, DP_HOST_SERDES_CTRL) {
+                Byte::Fixed(0)
+            } else {
+                Byte::Gap
+            }
+        });
+        let palette = CRT_PALETTE..CRT_PALETTE + 4 * PALETTE_ENTRIES as u64;
+        for window in [
+            CRT_PALETTE - 12..CRT_PALETTE + 12,
+            palette.end - 12..palette.end + 12,
+        ] {
+            check(&make, MMIO_BAR, window, &|o| {
+                if palette.contains(&o) {
+                    Byte::Storage
+                } else {
+                    Byte::Gap
+                }
+            });
+        }
+        check(&make, MMIO_BAR, MMIO_SIZE - 12..MMIO_SIZE + 12, &|_| {
+            Byte::Gap
+        });
+    }
+
+    #[test]
+    fn every_register_resets_to_zero() {
+        let mut c = card();
+        for reg in REGISTERS.iter() {
+            for e in 0..u64::from(reg.count) {
+                writel(&mut c, reg.offset + 4 * e, 0xffff_ffff);
+            }
+        }
+        c.vblank();
+        writel(&mut c, POWER_MODE_CTRL, 1);
+        writel(&mut c, MODE1_GATE, 0x6);
+        c.reset();
+        for reg in REGISTERS.iter() {
+            for e in 0..u64::from(reg.count) {
+                let at = reg.offset + 4 * e;
+                let want = if at == GPIO_DATA { 3 } else { 0 };
+                assert_eq!(readl(&mut c, at), want, "{} after reset", reg.name);
+            }
+        }
+        assert_eq!(c.unimplemented_accesses(), 0);
+    }
+
+    #[test]
+    fn register_counts_reach_the_stats_by_register() {
+        let mut c = card();
+        writel(&mut c, CRT_DISP_CTL, 1);
+        readl(&mut c, CRT_DISP_CTL);
+        readl(&mut c, CRT_DISP_CTL);
+        writel(&mut c, CRT_PALETTE + 8, 1);
+        readl(&mut c, 0x100);
+        let s = c.register_stats();
+        assert_eq!(
+            s.counts(),
+            [
+                ("CRT_DISP_CTL", CRT_DISP_CTL, 2, 1),
+                ("CRT_PALETTE", CRT_PALETTE, 0, 1)
+            ]
+        );
+        assert_eq!(
+            (s.unimplemented, s.unimplemented_offsets),
+            (1, vec![(0x100, 1)])
+        );
+    }
+
     #[test]
     fn hostile_accesses_never_panic() {
         let mut c = card();
@@ -993,8 +947,10 @@ mod tests {
         for off in (0..MMIO_SIZE).step_by(4) {
             readl(&mut c, off);
         }
-        assert_eq!(c.unimplemented_offsets().len(), MAX_TALLIED_OFFSETS);
-        let implemented = STORAGE.len() + PALETTE_ENTRIES + 5;
+        assert_eq!(c.unimplemented_offsets().len(), regs::MAX_TALLIED_OFFSETS);
+        // 19 storage registers, the palette, and CURRENT_GATE, RAW_INTERRUPT, the two GPIO
+        // registers and DP_HOST_SERDES_CTRL.
+        let implemented = 19 + PALETTE_ENTRIES + 5;
         assert_eq!(
             c.unimplemented_accesses(),
             3 + (MMIO_SIZE / 4) - implemented as u64

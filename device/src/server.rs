@@ -16,7 +16,7 @@ use log::debug;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vram_bar::{Frame, Scanout};
 
-use crate::DeviceModel;
+use crate::{DeviceModel, Model, ModelInfo};
 
 /// Errors of the server.
 #[derive(Debug, thiserror::Error)]
@@ -59,9 +59,17 @@ pub struct CardStats {
     pub rejected_requests: u64,
     pub unimplemented_accesses: u64,
     pub scanout: Option<String>,
-    /// Register offset (hex) -> [reads, writes], for the registers the driver touched.
+    /// Register offset (hex) -> [reads, writes], for the registers the driver touched (an array
+    /// such as hibmc's palette or bochs's EDID counts at its first element's offset).
     #[serde(default)]
     pub registers: std::collections::BTreeMap<String, [u64; 2]>,
+    /// Register offset (hex) -> register name, for the offsets in `registers`.
+    #[serde(default)]
+    pub register_names: std::collections::BTreeMap<String, String>,
+    /// Unimplemented offset (hex, rounded down to the card's register width) -> accesses, for
+    /// the first few thousand distinct offsets touched.
+    #[serde(default)]
+    pub unimplemented_offsets: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -84,6 +92,8 @@ pub(crate) struct Counters {
 /// event loop's timer runs at (0: stopped), and whoever changes what the period should be calls
 /// [`Card::refresh_vblank`] so the loop is woken only when it differs.
 pub struct Card {
+    /// What the card is; read without the model lock.
+    info: &'static ModelInfo,
     model: Mutex<Box<dyn DeviceModel>>,
     /// Surprise removal: config and BAR reads return all-ones, writes are dropped, no interrupts.
     dead: AtomicBool,
@@ -97,15 +107,20 @@ pub struct Card {
 }
 
 impl Card {
-    pub fn new(model: Box<dyn DeviceModel>) -> Arc<Card> {
+    pub fn new(model: Model) -> Arc<Card> {
         Arc::new(Card {
-            model: Mutex::new(model),
+            info: model.info,
+            model: Mutex::new(model.device),
             dead: AtomicBool::new(false),
             msi: Mutex::new(Vec::new()),
             counters: Counters::default(),
             wake: EventFd::new(EFD_NONBLOCK).ok(),
             vblank_armed_ns: AtomicU64::new(0),
         })
+    }
+
+    pub fn info(&self) -> &'static ModelInfo {
+        self.info
     }
 
     /// The model, locked. A poisoned lock (a panic elsewhere) still yields the model: the
@@ -137,8 +152,10 @@ impl Card {
     pub fn stats(&self) -> CardStats {
         let c = &self.counters;
         let model = self.model();
+        let registers = model.register_stats();
+        let hex = |offset: u64| format!("{offset:#07x}");
         CardStats {
-            model: model.kind().name().to_string(),
+            model: self.info.name.to_string(),
             clients: c.clients.load(Ordering::Relaxed),
             dead: self.is_dead(),
             config_reads: c.config_reads.load(Ordering::Relaxed),
@@ -150,12 +167,22 @@ impl Card {
             msi_dropped: c.msi_dropped.load(Ordering::Relaxed),
             msi_vectors_armed: self.msi_lock().iter().filter(|f| f.is_some()).count() as u32,
             rejected_requests: c.rejected.load(Ordering::Relaxed),
-            unimplemented_accesses: model.unimplemented_accesses(),
+            unimplemented_accesses: registers.unimplemented,
             scanout: model.scanout().map(|s| s.to_string()),
-            registers: model
-                .register_accesses()
-                .into_iter()
-                .map(|(offset, n)| (format!("{offset:#07x}"), n))
+            registers: registers
+                .registers
+                .iter()
+                .map(|r| (hex(r.offset), [r.reads, r.writes]))
+                .collect(),
+            register_names: registers
+                .registers
+                .iter()
+                .map(|r| (hex(r.offset), r.name.to_string()))
+                .collect(),
+            unimplemented_offsets: registers
+                .unimplemented_offsets
+                .iter()
+                .map(|&(offset, n)| (hex(offset), n))
                 .collect(),
         }
     }

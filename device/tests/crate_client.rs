@@ -65,7 +65,7 @@ fn rust_vmm_client_talks_to_our_server() {
         assert_eq!(px, [1, 2, 3, 4]);
 
         let msi = client.get_irq_info(1).expect("MSI info");
-        assert_eq!(msi.count, srv.card.model().msi_vectors());
+        assert_eq!(msi.count, srv.card.info().msi_vectors);
         if msi.count > 0 {
             let efd = EventFd::new(EFD_NONBLOCK).expect("eventfd");
             client

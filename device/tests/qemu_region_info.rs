@@ -115,7 +115,7 @@ fn vram_bar_exchange(kind: ModelKind) {
     let srv = Running::start(kind);
     let (bar, vram_size) = {
         let m = srv.card.model();
-        (m.vram_bar() as u32, m.vram().size())
+        (srv.card.info().vram_bar as u32, m.vram().size())
     };
     let mut c = srv.connect();
     c.handshake();

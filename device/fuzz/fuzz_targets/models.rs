@@ -53,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for s in script.chunks_exact(8) {
-        op(&mut *model, s);
+        op(&mut *model.device, s);
     }
-    let _ = model.register_accesses();
+    let _ = model.device.register_stats();
 });

@@ -52,7 +52,7 @@ impl Session {
     pub fn new(card: Arc<Card>) -> Session {
         let (regions, vram_region, vram_fd) = {
             let model = card.model();
-            let vram_bar = model.vram_bar();
+            let vram_bar = card.info().vram_bar;
             let mut regions = [RegionInfo::default(); NUM_REGIONS as usize];
             for (index, info) in regions.iter_mut().enumerate() {
                 if index == CONFIG_REGION as usize {
@@ -193,7 +193,7 @@ impl Session {
                 let (flags, count) = match index {
                     MSI_INDEX => (
                         IRQ_INFO_EVENTFD | IRQ_INFO_NORESIZE,
-                        card.model().msi_vectors(),
+                        card.info().msi_vectors,
                     ),
                     _ => (IRQ_INFO_EVENTFD, 0),
                 };
@@ -314,7 +314,7 @@ impl Session {
             return Err(Reject::Invalid);
         }
         let vectors = if index == MSI_INDEX {
-            card.model().msi_vectors()
+            card.info().msi_vectors
         } else {
             0
         };
