@@ -11,7 +11,7 @@ use images::{Arch, Cache, GuestKernel, InitramfsSpec, Qemu};
 use tokio::process::{Child, Command};
 
 use crate::accel::{self, Accel, AccelChoice};
-use crate::agent::Agent;
+use crate::agent::{Agent, AgentError};
 use crate::control::{self, Reply, Request};
 use crate::fingerprint;
 use crate::qemu::{Vm, VmConfig};
@@ -21,6 +21,7 @@ use crate::scenario::{ClientKind, Removal, Scenario};
 use crate::splat;
 use crate::splat::SplatKind;
 use crate::steps::StepError;
+use guest_protocol::{CardStatus, ClientReport, Reply as GuestReply, Request as GuestRequest};
 
 /// Which kernel to boot.
 #[derive(Clone, Debug)]
@@ -198,47 +199,6 @@ impl CardServer {
     }
 }
 
-/// What the guest says about our card (from `card_status` in the guest library).
-#[derive(Clone, Debug, Default)]
-pub struct CardStatus {
-    pub fields: BTreeMap<String, Vec<String>>,
-}
-
-impl CardStatus {
-    pub fn parse(text: &str) -> CardStatus {
-        let mut fields: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for line in text.lines() {
-            if let Some((k, v)) = line.split_once('=') {
-                fields
-                    .entry(k.trim().to_string())
-                    .or_default()
-                    .push(v.trim().to_string());
-            }
-        }
-        CardStatus { fields }
-    }
-
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.fields
-            .get(key)
-            .and_then(|v| v.first())
-            .map(String::as_str)
-            .filter(|s| !s.is_empty())
-    }
-
-    pub fn all(&self, key: &str) -> &[String] {
-        self.fields.get(key).map(Vec::as_slice).unwrap_or(&[])
-    }
-
-    pub fn present(&self) -> bool {
-        self.get("present") == Some("1")
-    }
-
-    pub fn flag(&self, key: &str) -> bool {
-        self.get(key) == Some("1")
-    }
-}
-
 /// A booted guest with the card, and everything needed to drive it.
 pub struct Session {
     pub cfg: RunConfig,
@@ -256,7 +216,7 @@ pub struct Session {
     /// Clients started and not yet closed.
     pub clients: BTreeMap<String, ClientKind>,
     /// Final reports of closed clients.
-    pub client_final: BTreeMap<String, serde_json::Value>,
+    pub client_final: BTreeMap<String, ClientReport>,
     /// The driver bound at least once in this boot (later bind failures are the kernel's).
     pub ever_bound: bool,
     /// A guest command timed out: the agent may be blocked in the kernel; reboot before more.
@@ -275,17 +235,25 @@ pub struct Session {
 const AGENT_WAIT: Duration = Duration::from_secs(30);
 
 impl Session {
-    fn ids(&self) -> String {
-        let (v, d) = self.cfg.model.pci_id();
-        format!("{v:#06x} {d:#06x}")
+    /// Sends one request to the guest agent; an error reply or a timeout is `AgentError`.
+    pub async fn ask(
+        &mut self,
+        request: &GuestRequest,
+        wait: Duration,
+    ) -> std::result::Result<GuestReply, AgentError> {
+        self.agent.request(request, wait).await
     }
 
     /// The guest's view of the card.
     pub async fn card_status(&mut self) -> Result<CardStatus> {
-        let cmd = format!(". /etc/vanish/lib.sh; card_status {}", self.ids());
-        Ok(CardStatus::parse(
-            &self.agent.check(&cmd, AGENT_WAIT).await?,
-        ))
+        let (vendor, device) = self.cfg.model.pci_id();
+        match self
+            .ask(&GuestRequest::CardStatus { vendor, device }, AGENT_WAIT)
+            .await?
+        {
+            GuestReply::Card(status) => Ok(status),
+            other => bail!("agent: card-status answered {other:?}"),
+        }
     }
 
     /// Waits until the card's driver is bound and its DRM device exists.
@@ -294,15 +262,15 @@ impl Session {
         let driver = self.cfg.model.linux_driver();
         loop {
             let status = self.card_status().await?;
-            if status.get("driver") == Some(driver) && status.get("drm").is_some() {
+            if status.driver.as_deref() == Some(driver) && !status.drm.is_empty() {
                 return Ok(status);
             }
             if Instant::now() > deadline {
-                let what = match (status.present(), status.get("driver")) {
+                let what = match (status.present, status.driver.as_deref()) {
                     (false, _) => "the card is not on the guest's PCI bus".to_string(),
                     (true, None) => format!(
                         "{driver} did not bind to {}",
-                        status.get("pci_address").unwrap_or("?")
+                        status.pci_address.as_deref().unwrap_or("?")
                     ),
                     (true, Some(d)) if d != driver => format!("{d} bound instead of {driver}"),
                     _ => format!("{driver} bound but created no DRM device"),
@@ -316,9 +284,9 @@ impl Session {
     /// Waits for the driver after a fresh boot and records where the card is.
     pub async fn adopt_card(&mut self, wait: Duration) -> Result<()> {
         let status = self.wait_bound(wait).await?;
-        self.pci_address = status.get("pci_address").map(str::to_string);
-        self.drm_node = status.get("drm").map(str::to_string);
-        self.fb_node = status.get("fb").map(str::to_string);
+        self.pci_address.clone_from(&status.pci_address);
+        self.drm_node = status.drm.first().cloned();
+        self.fb_node = status.fb.first().cloned();
         self.ever_bound = true;
         Ok(())
     }
@@ -353,16 +321,13 @@ impl Session {
 
     /// Interrupts counted by the guest on the card's IRQ lines.
     pub async fn irq_count(&mut self, name: &str) -> Result<u64> {
-        let out = self
-            .agent
-            .check(
-                &format!(". /etc/vanish/lib.sh; irq_count {name}"),
-                AGENT_WAIT,
-            )
-            .await?;
-        out.trim()
-            .parse()
-            .with_context(|| format!("bad irq count {out:?}"))
+        let request = GuestRequest::IrqCount {
+            name: name.to_string(),
+        };
+        match self.ask(&request, AGENT_WAIT).await? {
+            GuestReply::IrqCount(n) => Ok(n),
+            other => bail!("agent: irq-count answered {other:?}"),
+        }
     }
 }
 
@@ -710,11 +675,15 @@ async fn boot(cfg: &RunConfig, rig: &Rig) -> Result<Session> {
     let started = Instant::now();
     let kvm = rig.accel == Accel::Kvm;
     let ready = tokio::select! {
-        r = agent.run("uname -r", cfg.boot_timeout) => r,
+        r = agent.request(&GuestRequest::Status, cfg.boot_timeout) => match r {
+            Ok(GuestReply::Status { kernel_release }) => Ok(kernel_release),
+            Ok(other) => Err(anyhow!("agent: status answered {other:?}")),
+            Err(e) => Err(e.into()),
+        },
         e = watch_boot(&mut vm, &mut qmp, kvm) => Err(e),
     };
     let release = match ready {
-        Ok(out) => out.stdout.trim().to_string(),
+        Ok(release) => release,
         Err(e) if e.downcast_ref::<KvmFailure>().is_some() => return Err(e),
         Err(e) => bail!(
             "the guest did not come up: {e:#}; last console lines:\n{}",
@@ -786,54 +755,56 @@ async fn boot_checks(session: &mut Session, run: &mut ScenarioRun) -> Result<()>
     let bind_timeout = session.cfg.bind_timeout;
     let status = session.wait_bound(bind_timeout).await?;
     run.driver_bound = true;
-    run.pci_address = status.get("pci_address").map(str::to_string);
+    run.pci_address.clone_from(&status.pci_address);
     session.pci_address.clone_from(&run.pci_address);
     session.ever_bound = true;
-    session.drm_node = status.get("drm").map(str::to_string);
-    session.fb_node = status.get("fb").map(str::to_string);
+    session.drm_node = status.drm.first().cloned();
+    session.fb_node = status.fb.first().cloned();
     print_step(&format!(
         "{} bound to {}",
         session.cfg.model.linux_driver(),
         run.pci_address.as_deref().unwrap_or("?")
     ));
-    for key in [
-        "pci_address",
-        "parent",
-        "parent_id",
-        "parent_class",
-        "command",
-        "drm",
-        "fb0_size",
-        "irq",
+    for (key, value) in [
+        ("pci_address", &status.pci_address),
+        ("parent", &status.parent),
+        ("parent_id", &status.parent_id),
+        ("parent_class", &status.parent_class),
+        ("command", &status.command),
+        ("drm", &status.drm.first().cloned()),
+        ("fb0_size", &status.fb0_size),
+        ("irq", &status.irq),
     ] {
-        if let Some(v) = status.get(key) {
-            run.observe(key, v);
+        if let Some(v) = value {
+            run.observe(key, v.as_str());
         }
     }
-    let (v, d) = session.cfg.model.pci_id();
-    let probed = session
-        .agent
-        .check(
-            &format!(". /etc/vanish/lib.sh; probe_modes {v:#06x} {d:#06x}"),
-            AGENT_WAIT,
-        )
-        .await?;
-    let probed = CardStatus::parse(&probed);
-    run.observe("connectors", probed.all("connector").to_vec());
-    run.observe("modes", probed.all("modes").to_vec());
-    run.observe("fb0", status.flag("fb0"));
-    run.observe("dri_card0", status.flag("dri_card0"));
-    if !status.flag("fb0") {
+    let (vendor, device) = session.cfg.model.pci_id();
+    let probed = match session
+        .ask(&GuestRequest::ProbeModes { vendor, device }, AGENT_WAIT)
+        .await?
+    {
+        GuestReply::Connectors(c) => c,
+        other => bail!("agent: probe-modes answered {other:?}"),
+    };
+    let lines = |f: fn(&guest_protocol::Connector) -> String| -> Vec<String> {
+        probed.iter().map(f).collect()
+    };
+    run.observe("connectors", lines(guest_protocol::Connector::status_line));
+    run.observe("modes", lines(guest_protocol::Connector::modes_line));
+    run.observe("fb0", status.fb0);
+    run.observe("dri_card0", status.dri_card0);
+    if !status.fb0 {
         run.fail("/dev/fb0 does not exist: no fbdev emulation on our card");
     }
-    if !status.flag("dri_card0") {
+    if !status.dri_card0 {
         run.fail("/dev/dri/card0 does not exist");
     }
     // The card sits behind the hotplug root port (QEMU's pcie-root-port is 1b36:000c).
-    if status.get("parent_id") != Some("0x1b36:0x000c") {
+    if status.parent_id.as_deref() != Some("0x1b36:0x000c") {
         run.fail(format!(
             "the card is not behind the pcie-root-port (parent {:?})",
-            status.get("parent_id")
+            status.parent_id.as_deref()
         ));
     }
 
@@ -897,13 +868,11 @@ pub async fn run_scenario(session: &mut Session, scenario: &Scenario) -> Scenari
     // Clients the scenario left running are closed so the next scenario starts clean.
     let leftover: Vec<String> = session.clients.keys().cloned().collect();
     for name in leftover {
-        let _ = session
-            .agent
-            .run(
-                &format!("@client stop {name} 5000"),
-                Duration::from_secs(15),
-            )
-            .await;
+        let stop = GuestRequest::ClientStop {
+            id: name.clone(),
+            timeout_ms: 5000,
+        };
+        let _ = session.ask(&stop, Duration::from_secs(15)).await;
         session.clients.remove(&name);
     }
     session.client_final.clear();
