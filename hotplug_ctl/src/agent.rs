@@ -1,4 +1,5 @@
-//! The host side of the guest agent: typed requests over a virtio-serial port.
+//! The guest handle: the host side of the guest agent, typed requests over a virtio-serial
+//! port.
 //!
 //! What the guest can be asked is the crate `guest_protocol` (one `Request` per line, one
 //! `Reply` line back). QEMU exposes the port as a Unix socket (`-chardev
@@ -49,18 +50,18 @@ impl std::fmt::Display for AgentError {
 
 impl std::error::Error for AgentError {}
 
-/// A connected agent.
-pub struct Agent {
+/// A connected guest agent.
+pub struct Guest {
     reader: Lines<BufReader<OwnedReadHalf>>,
     writer: OwnedWriteHalf,
 }
 
-impl Agent {
+impl Guest {
     /// Connects to the chardev socket QEMU listens on.
-    pub async fn connect(path: &Path, wait: Duration) -> Result<Agent> {
+    pub async fn connect(path: &Path, wait: Duration) -> Result<Guest> {
         let stream = crate::connect_unix(path, wait, "agent socket").await?;
         let (read, writer) = stream.into_split();
-        Ok(Agent {
+        Ok(Guest {
             reader: BufReader::new(read).lines(),
             writer,
         })

@@ -2,17 +2,16 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use device::ModelKind;
 use images::{Arch, Cache, GuestKernel, InitramfsSpec, Qemu};
-use tokio::process::{Child, Command};
 
 use crate::accel::{self, Accel, AccelChoice};
-use crate::agent::{Agent, AgentError};
-use crate::control::{self, Reply, Request};
+use crate::agent::{AgentError, Guest};
+use crate::card::Card;
+use crate::control::Request;
 use crate::fingerprint;
 use crate::qemu::{Vm, VmConfig};
 use crate::qmp::Qmp;
@@ -93,110 +92,34 @@ impl std::fmt::Display for KvmFailure {
 
 impl std::error::Error for KvmFailure {}
 
-/// A `vanish serve` child process for one card.
-pub struct CardServer {
-    child: Child,
-    pub socket: PathBuf,
-    pub control: PathBuf,
+/// The `vanish serve` arguments for `cfg`'s card on these sockets.
+pub fn serve_args(cfg: &RunConfig, socket: &Path, control: &Path) -> Vec<std::ffi::OsString> {
+    let mut a: Vec<std::ffi::OsString> = vec![
+        "serve".into(),
+        "--model".into(),
+        cfg.model.name().into(),
+        "--socket".into(),
+        socket.into(),
+        "--control".into(),
+        control.into(),
+    ];
+    if let Some(size) = cfg.vram_size {
+        a.extend(["--vram-size".into(), size.to_string().into()]);
+    }
+    if let Some(edid) = &cfg.edid {
+        a.extend(["--edid".into(), edid.into()]);
+    }
+    if cfg.no_monitor {
+        a.push("--no-monitor".into());
+    }
+    a
 }
 
-impl CardServer {
-    /// Starts `vanish serve` and waits until its sockets exist.
-    pub async fn start(
-        cfg: &RunConfig,
-        dir: &Path,
-        generation: u32,
-        log: &Path,
-    ) -> Result<CardServer> {
-        let socket = dir.join(format!("card{generation}.sock"));
-        let control = dir.join(format!("card{generation}.ctl"));
-        let exe = std::env::current_exe().context("finding the vanish executable")?;
-        let mut cmd = Command::new(exe);
-        cmd.args(Self::args(cfg, &socket, &control));
-        let logfile = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)?;
-        cmd.stdin(Stdio::null())
-            .stdout(logfile.try_clone()?)
-            .stderr(logfile)
-            .kill_on_drop(true);
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        );
-        crate::die_with_parent(&mut cmd);
-        let mut child = cmd.spawn().context("starting the card server")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !(socket.exists() && control.exists()) {
-            if let Some(status) = child.try_wait()? {
-                bail!(
-                    "the card server exited ({status}) before listening; see {}",
-                    log.display()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the card server did not create {} within 10 s",
-                    socket.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(CardServer {
-            child,
-            socket,
-            control,
-        })
-    }
-
-    /// The `vanish serve` arguments for `cfg`'s card on these sockets.
-    pub fn args(cfg: &RunConfig, socket: &Path, control: &Path) -> Vec<std::ffi::OsString> {
-        let mut a: Vec<std::ffi::OsString> = vec![
-            "serve".into(),
-            "--model".into(),
-            cfg.model.name().into(),
-            "--socket".into(),
-            socket.into(),
-            "--control".into(),
-            control.into(),
-        ];
-        if let Some(size) = cfg.vram_size {
-            a.extend(["--vram-size".into(), size.to_string().into()]);
-        }
-        if let Some(edid) = &cfg.edid {
-            a.extend(["--edid".into(), edid.into()]);
-        }
-        if cfg.no_monitor {
-            a.push("--no-monitor".into());
-        }
-        a
-    }
-
-    pub async fn request(&self, request: &Request) -> Result<Reply> {
-        control::request(&self.control, request).await
-    }
-
-    /// SIGKILL, as a crashing server would die.
-    pub async fn kill(&mut self) {
-        let _ = self.child.kill().await;
-        let _ = std::fs::remove_file(&self.socket);
-        let _ = std::fs::remove_file(&self.control);
-    }
-
-    /// SIGTERM and wait, so the server removes its sockets itself.
-    pub async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            // SAFETY: signalling our own child by pid.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        }
-        if tokio::time::timeout(Duration::from_secs(3), self.child.wait())
-            .await
-            .is_err()
-        {
-            self.kill().await;
-        }
-    }
+/// Starts the card server for generation `generation` of `cfg`'s card, sockets in `dir`.
+pub async fn start_card(cfg: &RunConfig, dir: &Path, generation: u32, log: &Path) -> Result<Card> {
+    let socket = dir.join(format!("card{generation}.sock"));
+    let control = dir.join(format!("card{generation}.ctl"));
+    Card::start(serve_args(cfg, &socket, &control), socket, control, log).await
 }
 
 /// A booted guest with the card, and everything needed to drive it.
@@ -204,8 +127,9 @@ pub struct Session {
     pub cfg: RunConfig,
     pub vm: Vm,
     pub qmp: Qmp,
-    pub agent: Agent,
-    pub server: Option<CardServer>,
+    /// The guest agent: what the runner asks the guest.
+    pub guest: Guest,
+    pub server: Option<Card>,
     pub kernel_release: String,
     pub dir: tempfile::TempDir,
     pub server_generation: u32,
@@ -241,7 +165,7 @@ impl Session {
         request: &GuestRequest,
         wait: Duration,
     ) -> std::result::Result<GuestReply, AgentError> {
-        self.agent.request(request, wait).await
+        self.guest.request(request, wait).await
     }
 
     /// The guest's view of the card.
@@ -294,29 +218,11 @@ impl Session {
     /// Saves what the card shows to `path` once fbcon has drawn something; returns the ink
     /// ratio (fraction of non-background pixels).
     pub async fn screenshot(&self, path: &Path, wait: Duration) -> Result<f64> {
-        let server = self
-            .server
+        self.server
             .as_ref()
-            .ok_or_else(|| anyhow!("no card server is running"))?;
-        let deadline = Instant::now() + wait;
-        loop {
-            let reply = server
-                .request(&Request::Screenshot {
-                    path: path.to_path_buf(),
-                })
-                .await?;
-            let ink = reply.ink.unwrap_or(0.0);
-            if reply.ok && ink > 0.001 {
-                return Ok(ink);
-            }
-            if Instant::now() > deadline {
-                let why = reply
-                    .error
-                    .unwrap_or_else(|| "the screen stayed blank".into());
-                bail!("no picture on the card within {wait:?}: {why}");
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+            .ok_or_else(|| anyhow!("no card server is running"))?
+            .screenshot(path, wait)
+            .await
     }
 
     /// Interrupts counted by the guest on the card's IRQ lines.
@@ -588,7 +494,7 @@ pub fn dry_run(cfg: &RunConfig, accel: Accel, qemu: &str, kernel: &Path, initrd:
     let socket = dir.join("card0.sock");
     let control = dir.join("card0.ctl");
     let server = std::iter::once(std::ffi::OsString::from("vanish"))
-        .chain(CardServer::args(cfg, &socket, &control));
+        .chain(serve_args(cfg, &socket, &control));
     let vm = vm_config(cfg, (kernel, initrd), accel, &dir, socket.clone());
     let qemu_line = std::iter::once(std::ffi::OsString::from(qemu))
         .chain(crate::qemu::args(&vm).into_iter().map(Into::into));
@@ -633,7 +539,7 @@ async fn boot(cfg: &RunConfig, rig: &Rig) -> Result<Session> {
         .prefix("vanish-")
         .tempdir()
         .context("creating a temp dir")?;
-    let server = CardServer::start(cfg, dir.path(), 0, &cfg.out.join("server.log")).await?;
+    let server = start_card(cfg, dir.path(), 0, &cfg.out.join("server.log")).await?;
     let vm_cfg = vm_config(
         cfg,
         (&rig.kernel.image, &rig.initrd),
@@ -671,11 +577,11 @@ async fn boot(cfg: &RunConfig, rig: &Rig) -> Result<Session> {
             bail!("QEMU did not come up: {e:#}\n{}", qemu_log().trim_end());
         }
     };
-    let mut agent = Agent::connect(&vm_cfg.agent_socket, Duration::from_secs(10)).await?;
+    let mut guest = Guest::connect(&vm_cfg.agent_socket, Duration::from_secs(10)).await?;
     let started = Instant::now();
     let kvm = rig.accel == Accel::Kvm;
     let ready = tokio::select! {
-        r = agent.request(&GuestRequest::Status, cfg.boot_timeout) => match r {
+        r = guest.request(&GuestRequest::Status, cfg.boot_timeout) => match r {
             Ok(GuestReply::Status { kernel_release }) => Ok(kernel_release),
             Ok(other) => Err(anyhow!("agent: status answered {other:?}")),
             Err(e) => Err(e.into()),
@@ -698,7 +604,7 @@ async fn boot(cfg: &RunConfig, rig: &Rig) -> Result<Session> {
         cfg: cfg.clone(),
         vm,
         qmp,
-        agent,
+        guest,
         server: Some(server),
         kernel_release: release,
         dir,

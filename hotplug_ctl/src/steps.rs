@@ -12,14 +12,13 @@ use device::ModelKind;
 use guest_protocol::{
     CardStatus, ClientReport, GuestError, Reply as GuestReply, Request as GuestRequest,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::agent::AgentError;
-use crate::control::Request;
-use crate::qemu::{CARD_ID, ROOT_PORT_ID};
 use crate::report::CardPhase;
-use crate::runner::{CardServer, ScenarioRun, Session};
+use crate::runner::{ScenarioRun, Session};
 use crate::scenario::{ClientKind, Condition, Exec, MappingState, Removal, Step};
+use crate::slot::{Slot, UnplugError, PCIEHP_WAIT};
 
 /// Why a step did not hold.
 pub enum StepError {
@@ -43,8 +42,6 @@ fn fail<T>(msg: impl Into<String>) -> std::result::Result<T, StepError> {
 
 /// How long the guest gets for a sysfs write (unbind, remove, bind): longer means hung.
 const SYSFS_WAIT: Duration = Duration::from_secs(30);
-/// pciehp waits 5 s after the attention button before powering the slot off or on.
-const PCIEHP_WAIT: Duration = Duration::from_secs(30);
 
 impl Session {
     fn bdf(&self) -> Result<String> {
@@ -113,21 +110,15 @@ impl Session {
             .pci_address
             .clone()
             .unwrap_or_else(|| "the card".into());
-        self.qmp
-            .execute("device_del", json!({ "id": CARD_ID }))
-            .await
-            .map_err(|e| StepError::Rig(format!("device_del: {e:#}")))?;
-        let deleted = self
-            .qmp
-            .wait_event("DEVICE_DELETED", PCIEHP_WAIT, |d| {
-                d.get("device").and_then(Value::as_str) == Some(CARD_ID)
-            })
-            .await;
-        if deleted.is_err() {
-            return fail(format!(
-                "pciehp did not remove {bdf} within {}s (no DEVICE_DELETED)",
-                PCIEHP_WAIT.as_secs()
-            ));
+        match Slot::default().unplug(&mut self.qmp, PCIEHP_WAIT).await {
+            Ok(()) => {}
+            Err(e @ UnplugError::Qmp(_)) => return Err(StepError::Rig(e.to_string())),
+            Err(UnplugError::NotReleased(_)) => {
+                return fail(format!(
+                    "pciehp did not remove {bdf} within {}s (no DEVICE_DELETED)",
+                    PCIEHP_WAIT.as_secs()
+                ))
+            }
         }
         // QEMU has dropped the device; its server sees the disconnect. Stop it cleanly unless
         // it was killed already.
@@ -143,7 +134,7 @@ impl Session {
             old.stop().await;
         }
         self.server_generation += 1;
-        let server = CardServer::start(
+        let server = crate::runner::start_card(
             &self.cfg,
             self.dir.path(),
             self.server_generation,
@@ -151,15 +142,10 @@ impl Session {
         )
         .await
         .map_err(|e| StepError::Rig(format!("{e:#}")))?;
-        let args = json!({
-            "driver": "vfio-user-pci",
-            "id": CARD_ID,
-            "bus": ROOT_PORT_ID,
-            "socket": { "type": "unix", "path": server.socket },
-        });
+        let socket = server.socket.clone();
         self.server = Some(server);
-        self.qmp
-            .execute("device_add", args)
+        Slot::default()
+            .plug(&mut self.qmp, &socket)
             .await
             .map_err(|e| StepError::Rig(format!("device_add: {e:#}")))?;
         // pciehp powers the slot on 5 s after the button press; then the bus is scanned.
@@ -186,17 +172,10 @@ impl Session {
             .server
             .as_ref()
             .ok_or_else(|| anyhow!("no card server is running"))?;
-        let reply = server
-            .request(if dead {
-                &Request::Dead
-            } else {
-                &Request::Alive
-            })
-            .await?;
-        if !reply.ok {
-            return Err(StepError::Rig(reply.error.unwrap_or_default()));
-        }
-        Ok(())
+        server
+            .set_dead(dead)
+            .await
+            .map_err(|e| StepError::Rig(format!("{e:#}")))
     }
 
     async fn unplug(&mut self, run: &mut ScenarioRun, mode: Removal) -> StepResult {
