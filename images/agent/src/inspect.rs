@@ -86,10 +86,7 @@ impl Root {
         let driver = fs::read_link(d.join("driver"))
             .ok()
             .and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()));
-        let command = fs::read(d.join("config"))
-            .ok()
-            .filter(|c| c.len() >= 6)
-            .map(|c| format!("{:04x}", u16::from_le_bytes([c[4], c[5]])));
+        let command = read_command(&d.join("config"));
         let drm_dir = d.join("drm");
         let drm = self.names(&drm_dir, "card");
         let connectors = drm
@@ -192,6 +189,18 @@ pub fn irq_total(interrupts: &str, name: &str) -> u64 {
                 .sum::<u64>()
         })
         .sum()
+}
+
+/// The PCI command register (config offset 4) as four hex digits. Only these two bytes are
+/// read: every config read of this card is a round trip to its server, and the whole 4 KiB
+/// file would be a thousand of them per status poll.
+fn read_command(config: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = fs::File::open(config).ok()?;
+    f.seek(SeekFrom::Start(4)).ok()?;
+    let mut b = [0u8; 2];
+    f.read_exact(&mut b).ok()?;
+    Some(format!("{:04x}", u16::from_le_bytes(b)))
 }
 
 fn parse_hex(s: &str) -> Option<u32> {
