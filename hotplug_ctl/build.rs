@@ -18,6 +18,13 @@ fn main() {
     for p in ["src", "Cargo.toml", ".cargo/config.toml"] {
         println!("cargo:rerun-if-changed={}", agent.join(p).display());
     }
+    // The agent speaks the protocol crate: a change there is a change of the agent.
+    for p in ["src", "Cargo.toml"] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            workspace.join("guest_protocol").join(p).display()
+        );
+    }
     // One target dir for every profile of the outer build (debug, release, clippy), outside
     // the outer build's own directories so the nested cargo never waits on its lock.
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")

@@ -1,83 +1,106 @@
-//! The host side of the guest agent: shell commands over a virtio-serial port.
+//! The guest handle: the host side of the guest agent, typed requests over a virtio-serial
+//! port.
 //!
-//! The guest's /init runs a loop on the port `vanish.agent`: it reads one line, runs it with
-//! `sh -c`, writes the output, then a record-separator line `\x1e<exit status>`. QEMU exposes
-//! the port as a Unix socket (`-chardev socket,server=on,wait=off`). Until the guest opens its
-//! end, QEMU leaves our bytes in the socket, so the first command simply waits for boot.
+//! What the guest can be asked is the crate `guest_protocol` (one `Request` per line, one
+//! `Reply` line back). QEMU exposes the port as a Unix socket (`-chardev
+//! socket,server=on,wait=off`). Until the guest opens its end, QEMU leaves our bytes in the
+//! socket, so the first request simply waits for boot.
 
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
+use guest_protocol::{GuestError, Reply, Request, REPLY_MARK};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::timeout;
 
-/// Ends each reply; never appears in ordinary output.
-pub const END: char = '\u{1e}';
-
-/// What a guest command printed and how it exited.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Output {
-    pub status: i32,
-    pub stdout: String,
+/// Why a request got no useful reply.
+#[derive(Debug)]
+pub enum AgentError {
+    /// No reply within the host's wait: the agent is blocked (in the kernel, most likely).
+    Timeout { waited: Duration, what: String },
+    /// The agent answered with an error; its own `Timeout` is a hung kernel call.
+    Guest(GuestError),
+    /// The port closed, a write failed or the reply did not decode: the rig is broken.
+    Broken(String),
 }
 
-impl Output {
-    pub fn success(&self) -> bool {
-        self.status == 0
+impl AgentError {
+    /// The guest did not finish in time (the host gave up, or the agent did).
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            AgentError::Timeout { .. } | AgentError::Guest(GuestError::Timeout { .. })
+        )
     }
 }
 
-/// A connected agent.
-pub struct Agent {
+impl std::fmt::Display for AgentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AgentError::Timeout { waited, what } => {
+                write!(f, "the guest did not answer {what} within {waited:?}")
+            }
+            AgentError::Guest(e) => write!(f, "{e}"),
+            AgentError::Broken(why) => write!(f, "agent: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for AgentError {}
+
+/// A connected guest agent.
+pub struct Guest {
     reader: Lines<BufReader<OwnedReadHalf>>,
     writer: OwnedWriteHalf,
 }
 
-impl Agent {
+impl Guest {
     /// Connects to the chardev socket QEMU listens on.
-    pub async fn connect(path: &Path, wait: Duration) -> Result<Agent> {
+    pub async fn connect(path: &Path, wait: Duration) -> Result<Guest> {
         let stream = crate::connect_unix(path, wait, "agent socket").await?;
         let (read, writer) = stream.into_split();
-        Ok(Agent {
+        Ok(Guest {
             reader: BufReader::new(read).lines(),
             writer,
         })
     }
 
-    /// Runs `command` (one line of sh) in the guest; fails if it does not finish within `wait`.
-    pub async fn run(&mut self, command: &str, wait: Duration) -> Result<Output> {
-        if command.contains('\n') {
-            bail!("agent commands are one line: {command:?}");
-        }
+    /// Sends `request` and waits up to `wait` for its reply; an error reply is `Err`.
+    pub async fn request(
+        &mut self,
+        request: &Request,
+        wait: Duration,
+    ) -> std::result::Result<Reply, AgentError> {
+        let line = guest_protocol::encode_request(request);
         self.writer
-            .write_all(format!("{command}\n").as_bytes())
+            .write_all(format!("{line}\n").as_bytes())
             .await
-            .context("agent: write failed")?;
-        let mut stdout = String::new();
+            .map_err(|e| AgentError::Broken(format!("write failed: {e}")))?;
         let read = async {
             loop {
                 let line = self
                     .reader
                     .next_line()
-                    .await?
-                    .ok_or_else(|| anyhow!("agent: the guest closed the port"))?;
-                if let Some(status) = line.strip_prefix(END) {
-                    let status = status
-                        .trim()
-                        .parse()
-                        .with_context(|| format!("agent: bad status line {line:?}"))?;
-                    return Ok::<i32, anyhow::Error>(status);
+                    .await
+                    .map_err(|e| AgentError::Broken(format!("read failed: {e}")))?
+                    .ok_or_else(|| AgentError::Broken("the guest closed the port".into()))?;
+                // Other lines are output of background jobs of earlier commands, unframed.
+                if line.starts_with(REPLY_MARK) {
+                    return guest_protocol::decode_reply(&line)
+                        .map_err(|e| AgentError::Broken(e.to_string()));
                 }
-                stdout.push_str(&line);
-                stdout.push('\n');
             }
         };
-        let status = timeout(wait, read)
-            .await
-            .map_err(|_| anyhow!("guest command did not finish within {wait:?}: {command}"))??;
-        Ok(Output { status, stdout })
+        match timeout(wait, read).await {
+            Err(_) => Err(AgentError::Timeout {
+                waited: wait,
+                what: line,
+            }),
+            Ok(Ok(Reply::Error(e))) => Err(AgentError::Guest(e)),
+            Ok(r) => r,
+        }
     }
 
     /// `vanish run --shell`: the guest's `sh -i` on a pty (the agent's `@shell`), relayed raw
@@ -159,19 +182,6 @@ impl Agent {
         // The agent drops one line after the relay, then serves lines again.
         let _ = self.writer.write_all(b"\n").await;
         Ok(status)
-    }
-
-    /// Runs `command` and returns its output, failing on a non-zero exit.
-    pub async fn check(&mut self, command: &str, wait: Duration) -> Result<String> {
-        let out = self.run(command, wait).await?;
-        if !out.success() {
-            bail!(
-                "guest command failed (exit {}): {command}\n{}",
-                out.status,
-                out.stdout.trim_end()
-            );
-        }
-        Ok(out.stdout)
     }
 }
 

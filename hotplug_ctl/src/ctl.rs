@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use crate::control::{self, Request};
 use crate::qmp::Qmp;
 use crate::scenario::Removal;
+use crate::slot::{Slot, PCIEHP_WAIT};
 
 /// Where the card and its slot are.
 pub struct Target {
@@ -24,6 +25,12 @@ pub struct Target {
     pub device_id: String,
     /// QEMU id of the root port it sits on.
     pub bus: String,
+}
+
+impl Target {
+    fn slot(&self) -> Slot {
+        Slot::new(&self.device_id, &self.bus)
+    }
 }
 
 fn need<'a>(path: &'a Option<PathBuf>, flag: &str, verb: &str) -> Result<&'a Path> {
@@ -48,16 +55,6 @@ async fn card(target: &Target, verb: &str, request: &Request) -> Result<Value> {
         );
     }
     Ok(serde_json::to_value(reply)?)
-}
-
-async fn device_del(qmp: &mut Qmp, id: &str) -> Result<()> {
-    qmp.execute("device_del", json!({ "id": id })).await?;
-    qmp.wait_event("DEVICE_DELETED", Duration::from_secs(30), |d| {
-        d.get("device").and_then(Value::as_str) == Some(id)
-    })
-    .await
-    .context("the guest's pciehp did not release the slot within 30 s")?;
-    Ok(())
 }
 
 /// Runs one `vanish ctl` command; returns what to print.
@@ -88,19 +85,13 @@ pub async fn run(target: &Target, words: &[String]) -> Result<Value> {
                 }
                 _ => {}
             }
-            device_del(&mut qmp, &target.device_id).await?;
+            target.slot().unplug(&mut qmp, PCIEHP_WAIT).await?;
             Ok(json!({ "ok": true, "unplugged": mode.name(), "device": target.device_id }))
         }
         ["replug", "--socket", socket] => {
             let qmp_path = need(&target.qmp, "--qmp", "replug")?;
             let mut qmp = Qmp::connect(qmp_path, Duration::from_secs(5)).await?;
-            let args = json!({
-                "driver": "vfio-user-pci",
-                "id": target.device_id,
-                "bus": target.bus,
-                "socket": { "type": "unix", "path": socket },
-            });
-            qmp.execute("device_add", args).await?;
+            target.slot().plug(&mut qmp, Path::new(socket)).await?;
             Ok(json!({ "ok": true, "replugged": target.device_id, "socket": socket }))
         }
         _ => {

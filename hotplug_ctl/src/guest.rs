@@ -1,10 +1,9 @@
-//! What runs inside the guest: the initramfs `/init` and the shell library the runner's agent
-//! commands use. Both are busybox sh; they are shipped verbatim in the initramfs.
+//! What runs inside the guest: the initramfs `/init` and the shell functions it uses. Both are busybox sh; they are shipped verbatim in the initramfs.
 
 /// `/init`: mounts, loads the modules (the card's driver last), then serves the agent.
 pub const INIT: &str = include_str!("../../images/guest/init.sh");
 
-/// `/etc/vanish/lib.sh`: functions the host calls through the agent.
+/// `/etc/vanish/lib.sh`: the functions /init uses (finding the card, Bus Master Enable).
 pub const LIB: &str = include_str!("../../images/guest/lib.sh");
 
 /// Name of the virtio-serial port the agent listens on.

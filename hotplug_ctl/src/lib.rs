@@ -4,6 +4,7 @@
 pub mod accel;
 pub mod agent;
 pub mod bench;
+pub mod card;
 pub mod control;
 pub mod ctl;
 pub mod fingerprint;
@@ -18,6 +19,7 @@ pub mod runner;
 pub mod scenario;
 pub mod serve;
 pub mod shell;
+pub mod slot;
 pub mod splat;
 pub mod steps;
 pub mod verdict;

@@ -2,17 +2,16 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use device::ModelKind;
 use images::{Arch, Cache, GuestKernel, InitramfsSpec, Qemu};
-use tokio::process::{Child, Command};
 
 use crate::accel::{self, Accel, AccelChoice};
-use crate::agent::Agent;
-use crate::control::{self, Reply, Request};
+use crate::agent::{AgentError, Guest};
+use crate::card::Card;
+use crate::control::Request;
 use crate::fingerprint;
 use crate::qemu::{Vm, VmConfig};
 use crate::qmp::Qmp;
@@ -21,6 +20,7 @@ use crate::scenario::{ClientKind, Removal, Scenario};
 use crate::splat;
 use crate::splat::SplatKind;
 use crate::steps::StepError;
+use guest_protocol::{CardStatus, ClientReport, Reply as GuestReply, Request as GuestRequest};
 
 /// Which kernel to boot.
 #[derive(Clone, Debug)]
@@ -92,151 +92,34 @@ impl std::fmt::Display for KvmFailure {
 
 impl std::error::Error for KvmFailure {}
 
-/// A `vanish serve` child process for one card.
-pub struct CardServer {
-    child: Child,
-    pub socket: PathBuf,
-    pub control: PathBuf,
+/// The `vanish serve` arguments for `cfg`'s card on these sockets.
+pub fn serve_args(cfg: &RunConfig, socket: &Path, control: &Path) -> Vec<std::ffi::OsString> {
+    let mut a: Vec<std::ffi::OsString> = vec![
+        "serve".into(),
+        "--model".into(),
+        cfg.model.name().into(),
+        "--socket".into(),
+        socket.into(),
+        "--control".into(),
+        control.into(),
+    ];
+    if let Some(size) = cfg.vram_size {
+        a.extend(["--vram-size".into(), size.to_string().into()]);
+    }
+    if let Some(edid) = &cfg.edid {
+        a.extend(["--edid".into(), edid.into()]);
+    }
+    if cfg.no_monitor {
+        a.push("--no-monitor".into());
+    }
+    a
 }
 
-impl CardServer {
-    /// Starts `vanish serve` and waits until its sockets exist.
-    pub async fn start(
-        cfg: &RunConfig,
-        dir: &Path,
-        generation: u32,
-        log: &Path,
-    ) -> Result<CardServer> {
-        let socket = dir.join(format!("card{generation}.sock"));
-        let control = dir.join(format!("card{generation}.ctl"));
-        let exe = std::env::current_exe().context("finding the vanish executable")?;
-        let mut cmd = Command::new(exe);
-        cmd.args(Self::args(cfg, &socket, &control));
-        let logfile = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)?;
-        cmd.stdin(Stdio::null())
-            .stdout(logfile.try_clone()?)
-            .stderr(logfile)
-            .kill_on_drop(true);
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        );
-        crate::die_with_parent(&mut cmd);
-        let mut child = cmd.spawn().context("starting the card server")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !(socket.exists() && control.exists()) {
-            if let Some(status) = child.try_wait()? {
-                bail!(
-                    "the card server exited ({status}) before listening; see {}",
-                    log.display()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the card server did not create {} within 10 s",
-                    socket.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(CardServer {
-            child,
-            socket,
-            control,
-        })
-    }
-
-    /// The `vanish serve` arguments for `cfg`'s card on these sockets.
-    pub fn args(cfg: &RunConfig, socket: &Path, control: &Path) -> Vec<std::ffi::OsString> {
-        let mut a: Vec<std::ffi::OsString> = vec![
-            "serve".into(),
-            "--model".into(),
-            cfg.model.name().into(),
-            "--socket".into(),
-            socket.into(),
-            "--control".into(),
-            control.into(),
-        ];
-        if let Some(size) = cfg.vram_size {
-            a.extend(["--vram-size".into(), size.to_string().into()]);
-        }
-        if let Some(edid) = &cfg.edid {
-            a.extend(["--edid".into(), edid.into()]);
-        }
-        if cfg.no_monitor {
-            a.push("--no-monitor".into());
-        }
-        a
-    }
-
-    pub async fn request(&self, request: &Request) -> Result<Reply> {
-        control::request(&self.control, request).await
-    }
-
-    /// SIGKILL, as a crashing server would die.
-    pub async fn kill(&mut self) {
-        let _ = self.child.kill().await;
-        let _ = std::fs::remove_file(&self.socket);
-        let _ = std::fs::remove_file(&self.control);
-    }
-
-    /// SIGTERM and wait, so the server removes its sockets itself.
-    pub async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            // SAFETY: signalling our own child by pid.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        }
-        if tokio::time::timeout(Duration::from_secs(3), self.child.wait())
-            .await
-            .is_err()
-        {
-            self.kill().await;
-        }
-    }
-}
-
-/// What the guest says about our card (from `card_status` in the guest library).
-#[derive(Clone, Debug, Default)]
-pub struct CardStatus {
-    pub fields: BTreeMap<String, Vec<String>>,
-}
-
-impl CardStatus {
-    pub fn parse(text: &str) -> CardStatus {
-        let mut fields: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for line in text.lines() {
-            if let Some((k, v)) = line.split_once('=') {
-                fields
-                    .entry(k.trim().to_string())
-                    .or_default()
-                    .push(v.trim().to_string());
-            }
-        }
-        CardStatus { fields }
-    }
-
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.fields
-            .get(key)
-            .and_then(|v| v.first())
-            .map(String::as_str)
-            .filter(|s| !s.is_empty())
-    }
-
-    pub fn all(&self, key: &str) -> &[String] {
-        self.fields.get(key).map(Vec::as_slice).unwrap_or(&[])
-    }
-
-    pub fn present(&self) -> bool {
-        self.get("present") == Some("1")
-    }
-
-    pub fn flag(&self, key: &str) -> bool {
-        self.get(key) == Some("1")
-    }
+/// Starts the card server for generation `generation` of `cfg`'s card, sockets in `dir`.
+pub async fn start_card(cfg: &RunConfig, dir: &Path, generation: u32, log: &Path) -> Result<Card> {
+    let socket = dir.join(format!("card{generation}.sock"));
+    let control = dir.join(format!("card{generation}.ctl"));
+    Card::start(serve_args(cfg, &socket, &control), socket, control, log).await
 }
 
 /// A booted guest with the card, and everything needed to drive it.
@@ -244,8 +127,9 @@ pub struct Session {
     pub cfg: RunConfig,
     pub vm: Vm,
     pub qmp: Qmp,
-    pub agent: Agent,
-    pub server: Option<CardServer>,
+    /// The guest agent: what the runner asks the guest.
+    pub guest: Guest,
+    pub server: Option<Card>,
     pub kernel_release: String,
     pub dir: tempfile::TempDir,
     pub server_generation: u32,
@@ -256,7 +140,7 @@ pub struct Session {
     /// Clients started and not yet closed.
     pub clients: BTreeMap<String, ClientKind>,
     /// Final reports of closed clients.
-    pub client_final: BTreeMap<String, serde_json::Value>,
+    pub client_final: BTreeMap<String, ClientReport>,
     /// The driver bound at least once in this boot (later bind failures are the kernel's).
     pub ever_bound: bool,
     /// A guest command timed out: the agent may be blocked in the kernel; reboot before more.
@@ -275,17 +159,25 @@ pub struct Session {
 const AGENT_WAIT: Duration = Duration::from_secs(30);
 
 impl Session {
-    fn ids(&self) -> String {
-        let (v, d) = self.cfg.model.pci_id();
-        format!("{v:#06x} {d:#06x}")
+    /// Sends one request to the guest agent; an error reply or a timeout is `AgentError`.
+    pub async fn ask(
+        &mut self,
+        request: &GuestRequest,
+        wait: Duration,
+    ) -> std::result::Result<GuestReply, AgentError> {
+        self.guest.request(request, wait).await
     }
 
     /// The guest's view of the card.
     pub async fn card_status(&mut self) -> Result<CardStatus> {
-        let cmd = format!(". /etc/vanish/lib.sh; card_status {}", self.ids());
-        Ok(CardStatus::parse(
-            &self.agent.check(&cmd, AGENT_WAIT).await?,
-        ))
+        let (vendor, device) = self.cfg.model.pci_id();
+        match self
+            .ask(&GuestRequest::CardStatus { vendor, device }, AGENT_WAIT)
+            .await?
+        {
+            GuestReply::Card(status) => Ok(status),
+            other => bail!("agent: card-status answered {other:?}"),
+        }
     }
 
     /// Waits until the card's driver is bound and its DRM device exists.
@@ -294,15 +186,15 @@ impl Session {
         let driver = self.cfg.model.linux_driver();
         loop {
             let status = self.card_status().await?;
-            if status.get("driver") == Some(driver) && status.get("drm").is_some() {
+            if status.driver.as_deref() == Some(driver) && !status.drm.is_empty() {
                 return Ok(status);
             }
             if Instant::now() > deadline {
-                let what = match (status.present(), status.get("driver")) {
+                let what = match (status.present, status.driver.as_deref()) {
                     (false, _) => "the card is not on the guest's PCI bus".to_string(),
                     (true, None) => format!(
                         "{driver} did not bind to {}",
-                        status.get("pci_address").unwrap_or("?")
+                        status.pci_address.as_deref().unwrap_or("?")
                     ),
                     (true, Some(d)) if d != driver => format!("{d} bound instead of {driver}"),
                     _ => format!("{driver} bound but created no DRM device"),
@@ -316,9 +208,9 @@ impl Session {
     /// Waits for the driver after a fresh boot and records where the card is.
     pub async fn adopt_card(&mut self, wait: Duration) -> Result<()> {
         let status = self.wait_bound(wait).await?;
-        self.pci_address = status.get("pci_address").map(str::to_string);
-        self.drm_node = status.get("drm").map(str::to_string);
-        self.fb_node = status.get("fb").map(str::to_string);
+        self.pci_address.clone_from(&status.pci_address);
+        self.drm_node = status.drm.first().cloned();
+        self.fb_node = status.fb.first().cloned();
         self.ever_bound = true;
         Ok(())
     }
@@ -326,43 +218,22 @@ impl Session {
     /// Saves what the card shows to `path` once fbcon has drawn something; returns the ink
     /// ratio (fraction of non-background pixels).
     pub async fn screenshot(&self, path: &Path, wait: Duration) -> Result<f64> {
-        let server = self
-            .server
+        self.server
             .as_ref()
-            .ok_or_else(|| anyhow!("no card server is running"))?;
-        let deadline = Instant::now() + wait;
-        loop {
-            let reply = server
-                .request(&Request::Screenshot {
-                    path: path.to_path_buf(),
-                })
-                .await?;
-            let ink = reply.ink.unwrap_or(0.0);
-            if reply.ok && ink > 0.001 {
-                return Ok(ink);
-            }
-            if Instant::now() > deadline {
-                let why = reply
-                    .error
-                    .unwrap_or_else(|| "the screen stayed blank".into());
-                bail!("no picture on the card within {wait:?}: {why}");
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+            .ok_or_else(|| anyhow!("no card server is running"))?
+            .screenshot(path, wait)
+            .await
     }
 
     /// Interrupts counted by the guest on the card's IRQ lines.
     pub async fn irq_count(&mut self, name: &str) -> Result<u64> {
-        let out = self
-            .agent
-            .check(
-                &format!(". /etc/vanish/lib.sh; irq_count {name}"),
-                AGENT_WAIT,
-            )
-            .await?;
-        out.trim()
-            .parse()
-            .with_context(|| format!("bad irq count {out:?}"))
+        let request = GuestRequest::IrqCount {
+            name: name.to_string(),
+        };
+        match self.ask(&request, AGENT_WAIT).await? {
+            GuestReply::IrqCount(n) => Ok(n),
+            other => bail!("agent: irq-count answered {other:?}"),
+        }
     }
 }
 
@@ -623,7 +494,7 @@ pub fn dry_run(cfg: &RunConfig, accel: Accel, qemu: &str, kernel: &Path, initrd:
     let socket = dir.join("card0.sock");
     let control = dir.join("card0.ctl");
     let server = std::iter::once(std::ffi::OsString::from("vanish"))
-        .chain(CardServer::args(cfg, &socket, &control));
+        .chain(serve_args(cfg, &socket, &control));
     let vm = vm_config(cfg, (kernel, initrd), accel, &dir, socket.clone());
     let qemu_line = std::iter::once(std::ffi::OsString::from(qemu))
         .chain(crate::qemu::args(&vm).into_iter().map(Into::into));
@@ -668,7 +539,7 @@ async fn boot(cfg: &RunConfig, rig: &Rig) -> Result<Session> {
         .prefix("vanish-")
         .tempdir()
         .context("creating a temp dir")?;
-    let server = CardServer::start(cfg, dir.path(), 0, &cfg.out.join("server.log")).await?;
+    let server = start_card(cfg, dir.path(), 0, &cfg.out.join("server.log")).await?;
     let vm_cfg = vm_config(
         cfg,
         (&rig.kernel.image, &rig.initrd),
@@ -706,15 +577,19 @@ async fn boot(cfg: &RunConfig, rig: &Rig) -> Result<Session> {
             bail!("QEMU did not come up: {e:#}\n{}", qemu_log().trim_end());
         }
     };
-    let mut agent = Agent::connect(&vm_cfg.agent_socket, Duration::from_secs(10)).await?;
+    let mut guest = Guest::connect(&vm_cfg.agent_socket, Duration::from_secs(10)).await?;
     let started = Instant::now();
     let kvm = rig.accel == Accel::Kvm;
     let ready = tokio::select! {
-        r = agent.run("uname -r", cfg.boot_timeout) => r,
+        r = guest.request(&GuestRequest::Status, cfg.boot_timeout) => match r {
+            Ok(GuestReply::Status { kernel_release }) => Ok(kernel_release),
+            Ok(other) => Err(anyhow!("agent: status answered {other:?}")),
+            Err(e) => Err(e.into()),
+        },
         e = watch_boot(&mut vm, &mut qmp, kvm) => Err(e),
     };
     let release = match ready {
-        Ok(out) => out.stdout.trim().to_string(),
+        Ok(release) => release,
         Err(e) if e.downcast_ref::<KvmFailure>().is_some() => return Err(e),
         Err(e) => bail!(
             "the guest did not come up: {e:#}; last console lines:\n{}",
@@ -729,7 +604,7 @@ async fn boot(cfg: &RunConfig, rig: &Rig) -> Result<Session> {
         cfg: cfg.clone(),
         vm,
         qmp,
-        agent,
+        guest,
         server: Some(server),
         kernel_release: release,
         dir,
@@ -786,54 +661,56 @@ async fn boot_checks(session: &mut Session, run: &mut ScenarioRun) -> Result<()>
     let bind_timeout = session.cfg.bind_timeout;
     let status = session.wait_bound(bind_timeout).await?;
     run.driver_bound = true;
-    run.pci_address = status.get("pci_address").map(str::to_string);
+    run.pci_address.clone_from(&status.pci_address);
     session.pci_address.clone_from(&run.pci_address);
     session.ever_bound = true;
-    session.drm_node = status.get("drm").map(str::to_string);
-    session.fb_node = status.get("fb").map(str::to_string);
+    session.drm_node = status.drm.first().cloned();
+    session.fb_node = status.fb.first().cloned();
     print_step(&format!(
         "{} bound to {}",
         session.cfg.model.linux_driver(),
         run.pci_address.as_deref().unwrap_or("?")
     ));
-    for key in [
-        "pci_address",
-        "parent",
-        "parent_id",
-        "parent_class",
-        "command",
-        "drm",
-        "fb0_size",
-        "irq",
+    for (key, value) in [
+        ("pci_address", &status.pci_address),
+        ("parent", &status.parent),
+        ("parent_id", &status.parent_id),
+        ("parent_class", &status.parent_class),
+        ("command", &status.command),
+        ("drm", &status.drm.first().cloned()),
+        ("fb0_size", &status.fb0_size),
+        ("irq", &status.irq),
     ] {
-        if let Some(v) = status.get(key) {
-            run.observe(key, v);
+        if let Some(v) = value {
+            run.observe(key, v.as_str());
         }
     }
-    let (v, d) = session.cfg.model.pci_id();
-    let probed = session
-        .agent
-        .check(
-            &format!(". /etc/vanish/lib.sh; probe_modes {v:#06x} {d:#06x}"),
-            AGENT_WAIT,
-        )
-        .await?;
-    let probed = CardStatus::parse(&probed);
-    run.observe("connectors", probed.all("connector").to_vec());
-    run.observe("modes", probed.all("modes").to_vec());
-    run.observe("fb0", status.flag("fb0"));
-    run.observe("dri_card0", status.flag("dri_card0"));
-    if !status.flag("fb0") {
+    let (vendor, device) = session.cfg.model.pci_id();
+    let probed = match session
+        .ask(&GuestRequest::ProbeModes { vendor, device }, AGENT_WAIT)
+        .await?
+    {
+        GuestReply::Connectors(c) => c,
+        other => bail!("agent: probe-modes answered {other:?}"),
+    };
+    let lines = |f: fn(&guest_protocol::Connector) -> String| -> Vec<String> {
+        probed.iter().map(f).collect()
+    };
+    run.observe("connectors", lines(guest_protocol::Connector::status_line));
+    run.observe("modes", lines(guest_protocol::Connector::modes_line));
+    run.observe("fb0", status.fb0);
+    run.observe("dri_card0", status.dri_card0);
+    if !status.fb0 {
         run.fail("/dev/fb0 does not exist: no fbdev emulation on our card");
     }
-    if !status.flag("dri_card0") {
+    if !status.dri_card0 {
         run.fail("/dev/dri/card0 does not exist");
     }
     // The card sits behind the hotplug root port (QEMU's pcie-root-port is 1b36:000c).
-    if status.get("parent_id") != Some("0x1b36:0x000c") {
+    if status.parent_id.as_deref() != Some("0x1b36:0x000c") {
         run.fail(format!(
             "the card is not behind the pcie-root-port (parent {:?})",
-            status.get("parent_id")
+            status.parent_id.as_deref()
         ));
     }
 
@@ -897,13 +774,11 @@ pub async fn run_scenario(session: &mut Session, scenario: &Scenario) -> Scenari
     // Clients the scenario left running are closed so the next scenario starts clean.
     let leftover: Vec<String> = session.clients.keys().cloned().collect();
     for name in leftover {
-        let _ = session
-            .agent
-            .run(
-                &format!("@client stop {name} 5000"),
-                Duration::from_secs(15),
-            )
-            .await;
+        let stop = GuestRequest::ClientStop {
+            id: name.clone(),
+            timeout_ms: 5000,
+        };
+        let _ = session.ask(&stop, Duration::from_secs(15)).await;
         session.clients.remove(&name);
     }
     session.client_final.clear();

@@ -21,13 +21,9 @@ pub struct ServeConfig {
 
 /// The `-device` argument that attaches QEMU to a server on `socket`.
 pub fn device_arg(socket: &Path, id: &str, bus: &str) -> String {
-    serde_json::json!({
-        "driver": "vfio-user-pci",
-        "id": id,
-        "bus": bus,
-        "socket": {"type": "unix", "path": socket},
-    })
-    .to_string()
+    crate::slot::Slot::new(id, bus)
+        .device_json(socket)
+        .to_string()
 }
 
 /// A bad card option or path: `vanish` exits 2 (usage) for it, not 125.
@@ -126,7 +122,11 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     );
     println!(
         "attach it with:\n  -device '{}'",
-        device_arg(&config.socket, "gpu0", "rp1")
+        device_arg(
+            &config.socket,
+            crate::qemu::CARD_ID,
+            crate::qemu::ROOT_PORT_ID,
+        )
     );
     if let Some(control) = &config.control {
         println!(

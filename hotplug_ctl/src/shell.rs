@@ -17,7 +17,7 @@ pub async fn interact(session: &mut Session) -> Result<()> {
         None => eprintln!("vanish: no card server is running"),
     }
     eprintln!("vanish: guest shell (exit or ^D to end the run)");
-    match session.agent.shell().await? {
+    match session.guest.shell().await? {
         Some(code) => eprintln!("\r\nvanish: guest shell exited ({code})"),
         None => eprintln!("\r\nvanish: stdin ended; the guest shell was hung up"),
     }

@@ -7,15 +7,18 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use device::ModelKind;
-use serde_json::{json, Value};
+use guest_protocol::{
+    CardStatus, ClientReport, GuestError, Reply as GuestReply, Request as GuestRequest,
+};
+use serde_json::Value;
 
-use crate::control::Request;
-use crate::qemu::{CARD_ID, ROOT_PORT_ID};
+use crate::agent::AgentError;
 use crate::report::CardPhase;
-use crate::runner::{CardServer, ScenarioRun, Session};
+use crate::runner::{ScenarioRun, Session};
 use crate::scenario::{ClientKind, Condition, Exec, MappingState, Removal, Step};
+use crate::slot::{Slot, UnplugError, PCIEHP_WAIT};
 
 /// Why a step did not hold.
 pub enum StepError {
@@ -39,8 +42,6 @@ fn fail<T>(msg: impl Into<String>) -> std::result::Result<T, StepError> {
 
 /// How long the guest gets for a sysfs write (unbind, remove, bind): longer means hung.
 const SYSFS_WAIT: Duration = Duration::from_secs(30);
-/// pciehp waits 5 s after the attention button before powering the slot off or on.
-const PCIEHP_WAIT: Duration = Duration::from_secs(30);
 
 impl Session {
     fn bdf(&self) -> Result<String> {
@@ -49,33 +50,41 @@ impl Session {
         })
     }
 
-    /// Runs a guest command that the kernel must complete in time; a timeout is a kernel
-    /// failure (a hung sysfs write), other errors are the rig's.
-    async fn guest(&mut self, what: &str, command: &str, wait: Duration) -> StepResult {
-        match self.agent.run(command, wait).await {
-            Ok(out) if out.success() => Ok(()),
-            Ok(out) => fail(format!(
-                "{what} failed (exit {}): {}",
-                out.status,
-                out.stdout.trim()
-            )),
-            Err(e) if e.to_string().contains("did not finish") => {
+    /// Writes `value` to a sysfs file; the kernel must return in time. A timeout is a kernel
+    /// failure (a hung sysfs write), as is an error the write returned; other errors are the
+    /// rig's.
+    async fn sysfs(&mut self, what: &str, path: String, value: String) -> StepResult {
+        let request = GuestRequest::SysfsWrite {
+            path,
+            value,
+            timeout_ms: SYSFS_WAIT.as_millis() as u64,
+        };
+        // The agent gives up at SYSFS_WAIT and says so; the margin is for its answer.
+        match self
+            .ask(&request, SYSFS_WAIT + Duration::from_secs(5))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_timeout() => {
                 self.agent_stuck = true;
                 fail(format!(
-                    "{what} did not return within {wait:?}: the guest is stuck in the kernel"
+                    "{what} did not return within {SYSFS_WAIT:?}: the guest is stuck in the kernel"
                 ))
             }
-            Err(e) => Err(StepError::Rig(format!("{what}: {e:#}"))),
+            Err(AgentError::Guest(GuestError::Failed { message })) => {
+                fail(format!("{what} failed: {message}"))
+            }
+            Err(e) => Err(StepError::Rig(format!("{what}: {e}"))),
         }
     }
 
     async fn unbind(&mut self) -> StepResult {
         let bdf = self.bdf()?;
         let driver = self.cfg.model.linux_driver();
-        self.guest(
+        self.sysfs(
             "unbind",
-            &format!("echo {bdf} > /sys/bus/pci/drivers/{driver}/unbind"),
-            SYSFS_WAIT,
+            format!("/sys/bus/pci/drivers/{driver}/unbind"),
+            bdf,
         )
         .await
     }
@@ -86,16 +95,12 @@ impl Session {
         // No Bus Master Enable here, unlike at boot: unbind ran pci_disable_device(), which
         // cleared it, and a driver that wants MSIs must set it again itself (hibmc does only
         // from 7.x on; see images/guest/init.sh).
-        self.guest(
-            "bind",
-            &format!("echo {bdf} > /sys/bus/pci/drivers/{driver}/bind"),
-            SYSFS_WAIT,
-        )
-        .await
+        self.sysfs("bind", format!("/sys/bus/pci/drivers/{driver}/bind"), bdf)
+            .await
     }
 
     async fn rescan(&mut self) -> StepResult {
-        self.guest("rescan", "echo 1 > /sys/bus/pci/rescan", SYSFS_WAIT)
+        self.sysfs("rescan", "/sys/bus/pci/rescan".into(), "1".into())
             .await
     }
 
@@ -105,21 +110,15 @@ impl Session {
             .pci_address
             .clone()
             .unwrap_or_else(|| "the card".into());
-        self.qmp
-            .execute("device_del", json!({ "id": CARD_ID }))
-            .await
-            .map_err(|e| StepError::Rig(format!("device_del: {e:#}")))?;
-        let deleted = self
-            .qmp
-            .wait_event("DEVICE_DELETED", PCIEHP_WAIT, |d| {
-                d.get("device").and_then(Value::as_str) == Some(CARD_ID)
-            })
-            .await;
-        if deleted.is_err() {
-            return fail(format!(
-                "pciehp did not remove {bdf} within {}s (no DEVICE_DELETED)",
-                PCIEHP_WAIT.as_secs()
-            ));
+        match Slot::default().unplug(&mut self.qmp, PCIEHP_WAIT).await {
+            Ok(()) => {}
+            Err(e @ UnplugError::Qmp(_)) => return Err(StepError::Rig(e.to_string())),
+            Err(UnplugError::NotReleased(_)) => {
+                return fail(format!(
+                    "pciehp did not remove {bdf} within {}s (no DEVICE_DELETED)",
+                    PCIEHP_WAIT.as_secs()
+                ))
+            }
         }
         // QEMU has dropped the device; its server sees the disconnect. Stop it cleanly unless
         // it was killed already.
@@ -135,7 +134,7 @@ impl Session {
             old.stop().await;
         }
         self.server_generation += 1;
-        let server = CardServer::start(
+        let server = crate::runner::start_card(
             &self.cfg,
             self.dir.path(),
             self.server_generation,
@@ -143,23 +142,18 @@ impl Session {
         )
         .await
         .map_err(|e| StepError::Rig(format!("{e:#}")))?;
-        let args = json!({
-            "driver": "vfio-user-pci",
-            "id": CARD_ID,
-            "bus": ROOT_PORT_ID,
-            "socket": { "type": "unix", "path": server.socket },
-        });
+        let socket = server.socket.clone();
         self.server = Some(server);
-        self.qmp
-            .execute("device_add", args)
+        Slot::default()
+            .plug(&mut self.qmp, &socket)
             .await
             .map_err(|e| StepError::Rig(format!("device_add: {e:#}")))?;
         // pciehp powers the slot on 5 s after the button press; then the bus is scanned.
         let deadline = Instant::now() + PCIEHP_WAIT;
         loop {
             let status = self.card_status().await?;
-            if status.present() {
-                self.pci_address = status.get("pci_address").map(str::to_string);
+            if status.present {
+                self.pci_address = status.pci_address;
                 break;
             }
             if Instant::now() > deadline {
@@ -178,17 +172,10 @@ impl Session {
             .server
             .as_ref()
             .ok_or_else(|| anyhow!("no card server is running"))?;
-        let reply = server
-            .request(if dead {
-                &Request::Dead
-            } else {
-                &Request::Alive
-            })
-            .await?;
-        if !reply.ok {
-            return Err(StepError::Rig(reply.error.unwrap_or_default()));
-        }
-        Ok(())
+        server
+            .set_dead(dead)
+            .await
+            .map_err(|e| StepError::Rig(format!("{e:#}")))
     }
 
     async fn unplug(&mut self, run: &mut ScenarioRun, mode: Removal) -> StepResult {
@@ -206,10 +193,10 @@ impl Session {
             Removal::Unbind => self.unbind().await?,
             Removal::RemoveRescan => {
                 let bdf = self.bdf()?;
-                self.guest(
+                self.sysfs(
                     "remove",
-                    &format!("echo 1 > /sys/bus/pci/devices/{bdf}/remove"),
-                    SYSFS_WAIT,
+                    format!("/sys/bus/pci/devices/{bdf}/remove"),
+                    "1".into(),
                 )
                 .await?
             }
@@ -266,16 +253,15 @@ impl Session {
             ModelKind::Hibmc => device::hibmc::MMIO_BAR,
             ModelKind::Bochs => device::bochs::MMIO_BAR,
         };
-        let out = self
-            .agent
-            .check(
-                &format!(". /etc/vanish/lib.sh; read_bar {bdf} {bar} 0"),
-                Duration::from_secs(20),
-            )
-            .await?;
-        let v = out.trim();
-        u32::from_str_radix(v.trim_start_matches("0x").trim_start_matches("0X"), 16)
-            .with_context(|| format!("bad BAR read result {v:?}"))
+        let request = GuestRequest::Peek {
+            bdf,
+            bar: bar as u8,
+            offset: 0,
+        };
+        match self.ask(&request, Duration::from_secs(20)).await? {
+            GuestReply::Peek(v) => Ok(v),
+            other => bail!("agent: peek answered {other:?}"),
+        }
     }
 
     async fn client_start(
@@ -293,16 +279,38 @@ impl Session {
                 format!("/dev/dri/{}", self.drm_node.as_deref().unwrap_or("card0"))
             }
         };
-        let nowait = if wait { "" } else { " nowait" };
-        let cmd = format!("@client start {name} {} {device}{nowait}", kind.name());
-        let out = self.agent.run(&cmd, Duration::from_secs(30)).await?;
-        run.observe(&format!("client_{name}_start"), out.stdout.trim());
-        if !out.success() {
-            return fail(format!(
-                "client {name} ({}) did not start: {}",
-                kind.name(),
-                out.stdout.trim()
-            ));
+        let protocol_kind = match kind {
+            ClientKind::Kms => guest_protocol::ClientKind::Kms,
+            ClientKind::Fbdev => guest_protocol::ClientKind::Fbdev,
+            ClientKind::IdleOpen => guest_protocol::ClientKind::IdleOpen,
+            ClientKind::Exec => return bail_step("exec commands start with `exec`, not `client`"),
+        };
+        let request = GuestRequest::ClientStart {
+            id: name.to_string(),
+            kind: protocol_kind,
+            device,
+            wait,
+        };
+        match self.ask(&request, Duration::from_secs(30)).await {
+            Ok(GuestReply::Started { id, pid, report }) => {
+                run.observe(
+                    &format!("client_{name}_start"),
+                    started_text(&id, pid, &report),
+                );
+            }
+            Err(AgentError::Guest(GuestError::ClientFailed { message, report })) => {
+                let mut text = report.as_ref().map_or_else(String::new, |r| {
+                    format!("{}\n", started_text(&r.id, r.pid, &Some((**r).clone())))
+                });
+                text.push_str(&format!("error: {message}"));
+                run.observe(&format!("client_{name}_start"), text.clone());
+                return fail(format!(
+                    "client {name} ({}) did not start: {text}",
+                    kind.name()
+                ));
+            }
+            Ok(other) => return bail_step(&format!("agent: client-start answered {other:?}")),
+            Err(e) => return Err(StepError::Rig(format!("client {name}: {e}"))),
         }
         self.clients.insert(name.to_string(), kind);
         Ok(())
@@ -316,37 +324,30 @@ impl Session {
             let ms = e.timeout.as_millis();
             // The agent stops a command past its timeout itself (SIGTERM, SIGKILL, up to 5 s
             // for it to go) and answers; the margin is for the agent.
-            let out = self
-                .agent
-                .run(
-                    &format!("@exec run {name} {ms} -- {}", e.command),
-                    e.timeout + Duration::from_secs(30),
-                )
+            let request = GuestRequest::ExecRun {
+                id: name.clone(),
+                timeout_ms: ms as u64,
+                cmd: e.command.clone(),
+            };
+            let status = self
+                .client_reply(&request, e.timeout + Duration::from_secs(30))
                 .await?;
-            let status = parse_json_line(&out.stdout)?;
-            run.observe(&format!("exec_{name}"), status.clone());
+            run.observe(&format!("exec_{name}"), status.to_value());
             self.client_final.insert(name.clone(), status.clone());
             let printed = || {
-                let text = |k: &str| {
-                    status
-                        .get(k)
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .trim_end()
-                        .to_string()
-                };
+                let text = |k: &str| status.detail_str(k).unwrap_or("").trim_end().to_string();
                 format!("stdout: {:?}; stderr: {:?}", text("stdout"), text("stderr"))
             };
-            if status.get("state").and_then(Value::as_str) == Some("hung") {
+            if status.state.as_deref() == Some("hung") {
                 return fail(format!(
                     "exec {name} did not finish within {}s and is hung after SIGKILL ({}); {}; stack: {}",
                     e.timeout.as_secs_f64(),
-                    status.get("proc_state").and_then(Value::as_str).unwrap_or("?"),
+                    status.detail_str("proc_state").unwrap_or("?"),
                     printed(),
-                    status.get("group_stacks").and_then(Value::as_str).unwrap_or("")
+                    status.detail_str("group_stacks").unwrap_or("")
                 ));
             }
-            if status.get("timed_out") == Some(&Value::Bool(true)) {
+            if status.details.get("timed_out") == Some(&Value::Bool(true)) {
                 return fail(format!(
                     "exec {name} did not finish within {}s (killed); {}",
                     e.timeout.as_secs_f64(),
@@ -355,20 +356,41 @@ impl Session {
             }
             return Ok(());
         }
-        let out = self
-            .agent
-            .run(
-                &format!("@exec start {name} -- {}", e.command),
-                Duration::from_secs(30),
-            )
-            .await?;
-        run.observe(&format!("exec_{name}_start"), out.stdout.trim());
-        if !out.success() {
-            return fail(format!("exec {name} did not start: {}", out.stdout.trim()));
+        let request = GuestRequest::ExecStart {
+            id: name.clone(),
+            cmd: e.command.clone(),
+        };
+        match self.ask(&request, Duration::from_secs(30)).await {
+            Ok(GuestReply::Started { id, pid, report }) => {
+                run.observe(
+                    &format!("exec_{name}_start"),
+                    started_text(&id, pid, &report),
+                );
+            }
+            Err(AgentError::Guest(
+                e @ (GuestError::Failed { .. } | GuestError::BadRequest { .. }),
+            )) => {
+                run.observe(&format!("exec_{name}_start"), format!("error: {e}"));
+                return fail(format!("exec {name} did not start: error: {e}"));
+            }
+            Ok(other) => return bail_step(&format!("agent: exec-start answered {other:?}")),
+            Err(e) => return Err(StepError::Rig(format!("exec {name}: {e}"))),
         }
         self.client_final.remove(name);
         self.clients.insert(name.clone(), ClientKind::Exec);
         Ok(())
+    }
+
+    /// Sends a request answered by a client report.
+    async fn client_reply(
+        &mut self,
+        request: &GuestRequest,
+        wait: Duration,
+    ) -> Result<ClientReport> {
+        match self.ask(request, wait).await? {
+            GuestReply::Client(r) => Ok(r),
+            other => bail!("agent: answered {other:?} instead of a client report"),
+        }
     }
 
     /// Whether client `name` is an `exec` command (its report says kind "exec").
@@ -377,19 +399,18 @@ impl Session {
             return Ok(true);
         }
         let r = self.client_report(name).await?;
-        Ok(r.get("kind").and_then(Value::as_str) == Some("exec"))
+        Ok(r.kind.as_deref() == Some("exec"))
     }
 
     /// A client's status as the agent reports it.
-    async fn client_report(&mut self, name: &str) -> Result<Value> {
+    async fn client_report(&mut self, name: &str) -> Result<ClientReport> {
         if let Some(v) = self.client_final.get(name) {
             return Ok(v.clone());
         }
-        let out = self
-            .agent
-            .check(&format!("@client report {name}"), Duration::from_secs(10))
-            .await?;
-        parse_json_line(&out)
+        let request = GuestRequest::ClientReport {
+            id: name.to_string(),
+        };
+        self.client_reply(&request, Duration::from_secs(10)).await
     }
 
     async fn client_close(&mut self, run: &mut ScenarioRun, name: &str) -> StepResult {
@@ -411,21 +432,21 @@ impl Session {
     }
 
     async fn client_close_inner(&mut self, run: &mut ScenarioRun, name: &str) -> StepResult {
-        let out = self
-            .agent
-            .run(
-                &format!("@client stop {name} 10000"),
-                Duration::from_secs(30),
-            )
-            .await?;
-        let status = parse_json_line(&out.stdout)?;
-        run.observe(&format!("client_{name}"), status.clone());
+        let request = GuestRequest::ClientStop {
+            id: name.to_string(),
+            timeout_ms: 10_000,
+        };
+        let status = self.client_reply(&request, Duration::from_secs(30)).await?;
+        run.observe(&format!("client_{name}"), status.to_value());
         self.client_final.insert(name.to_string(), status.clone());
         self.clients.remove(name);
-        if status.get("exited") != Some(&Value::Bool(true)) {
+        if !status.exited {
             return fail(format!(
                 "client {name} did not exit after close: {}",
-                status.get("state").unwrap_or(&Value::Null)
+                status
+                    .state
+                    .as_ref()
+                    .map_or(Value::Null, |s| Value::from(s.as_str()))
             ));
         }
         Ok(())
@@ -435,35 +456,34 @@ impl Session {
         match cond {
             Condition::Bound => {
                 let s = self.card_status().await?;
-                if s.get("driver") != Some(self.cfg.model.linux_driver()) || s.get("drm").is_none()
-                {
+                if s.driver.as_deref() != Some(self.cfg.model.linux_driver()) || s.drm.is_empty() {
                     return fail(format!(
                         "expected {} bound with a DRM device, found driver {:?}",
                         self.cfg.model.linux_driver(),
-                        s.get("driver")
+                        s.driver.as_deref()
                     ));
                 }
             }
             Condition::Unbound => {
                 let s = self.card_status().await?;
                 let (node, node_gone) = self.node_left(&s);
-                if !s.present() || s.get("driver").is_some() || !node_gone {
+                if !s.present || s.driver.is_some() || !node_gone {
                     return fail(format!(
                         "expected the card on the bus with no driver and /dev/dri/{node} gone; present={} driver={:?} /dev/dri: {}",
-                        s.present(),
-                        s.get("driver"),
-                        s.get("dri_nodes").unwrap_or("")
+                        u8::from(s.present),
+                        s.driver.as_deref(),
+                        s.dri_nodes.join(" ")
                     ));
                 }
             }
             Condition::Gone => {
                 let s = self.card_status().await?;
                 let (node, node_gone) = self.node_left(&s);
-                if s.present() || !node_gone {
+                if s.present || !node_gone {
                     return fail(format!(
                         "expected the card gone from /sys/bus/pci/devices and /dev/dri/{node} gone; present={} /dev/dri: {}",
-                        s.present(),
-                        s.get("dri_nodes").unwrap_or("")
+                        u8::from(s.present),
+                        s.dri_nodes.join(" ")
                     ));
                 }
             }
@@ -522,9 +542,13 @@ impl Session {
             }
             Condition::FirstMode(mode) => {
                 let s = self.card_status().await?;
-                let modes = s.all("modes").first().cloned().unwrap_or_default();
+                let modes = s
+                    .connectors
+                    .first()
+                    .map(guest_protocol::Connector::modes_line)
+                    .unwrap_or_default();
                 let first = modes.split_whitespace().nth(1).unwrap_or("");
-                let connected = s.all("connector").iter().any(|c| c.ends_with(" connected"));
+                let connected = s.connectors.iter().any(|c| c.status == "connected");
                 run.observe("modes", modes.clone());
                 if !connected || first != mode {
                     return fail(format!(
@@ -534,70 +558,59 @@ impl Session {
             }
             Condition::ClientSignal(name, sig) if self.is_exec(name).await? => {
                 let r = self.client_report(name).await?;
-                if r.get("exit_signal").and_then(Value::as_str) != Some(sig.as_str()) {
+                if r.exit_signal.as_deref() != Some(sig.as_str()) {
                     return fail(format!(
-                        "command {name} was not killed by {sig} (state {}, exit code {}, signal {})",
-                        r.get("state").unwrap_or(&Value::Null),
-                        r.get("exit_code").unwrap_or(&Value::Null),
-                        r.get("exit_signal").unwrap_or(&Value::Null)
+                        "command {name} was not killed by {sig} ({})",
+                        ended(&r)
                     ));
                 }
             }
             Condition::ClientStatus(name, want) => {
                 let r = self.client_report(name).await?;
-                if r.get("exit_code").and_then(Value::as_i64) != Some(i64::from(*want)) {
+                if r.exit_code.map(i64::from) != Some(i64::from(*want)) {
                     return fail(format!(
-                        "client {name} did not exit with status {want} (state {}, exit code {}, signal {})",
-                        r.get("state").unwrap_or(&Value::Null),
-                        r.get("exit_code").unwrap_or(&Value::Null),
-                        r.get("exit_signal").unwrap_or(&Value::Null)
+                        "client {name} did not exit with status {want} ({})",
+                        ended(&r)
                     ));
                 }
             }
             Condition::ClientSignal(name, sig) => {
                 let r = self.client_report(name).await?;
-                let n = r
-                    .pointer(&format!("/signals/{sig}"))
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0);
-                if n == 0 {
+                if r.counter("signals", sig) == 0 {
                     return fail(format!(
                         "client {name} got no {sig} (signals: {})",
-                        r.get("signals").unwrap_or(&Value::Null)
+                        r.details.get("signals").unwrap_or(&Value::Null)
                     ));
                 }
             }
             Condition::ClientIoctlError(name, errno) => {
                 let r = self.client_report(name).await?;
-                let n = r
-                    .pointer(&format!("/ioctl_errors/{errno}"))
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0);
-                if n == 0 {
+                if r.counter("ioctl_errors", errno) == 0 {
                     return fail(format!(
                         "client {name} saw no {errno} (ioctl errors: {})",
-                        r.get("ioctl_errors").unwrap_or(&Value::Null)
+                        r.details.get("ioctl_errors").unwrap_or(&Value::Null)
                     ));
                 }
             }
             Condition::ClientExited(name) => {
                 let r = self.client_report(name).await?;
-                let closed_ok = r
-                    .get("close")
-                    .and_then(Value::as_str)
-                    .is_none_or(|c| c == "ok");
-                if r.get("exited") != Some(&Value::Bool(true)) || !closed_ok {
-                    return fail(format!("client {name} did not close and exit cleanly: {r}"));
+                let closed_ok = r.detail_str("close").is_none_or(|c| c == "ok");
+                if !r.exited || !closed_ok {
+                    return fail(format!(
+                        "client {name} did not close and exit cleanly: {}",
+                        r.to_value()
+                    ));
                 }
             }
             Condition::ClientMapping(name, want) => {
                 let r = self.client_report(name).await?;
                 let signals = r
+                    .details
                     .get("signals")
                     .and_then(Value::as_object)
                     .is_some_and(|m| !m.is_empty());
-                let replaced = r.get("mapping").and_then(Value::as_str) == Some("replaced");
-                let readback = r.get("readback").and_then(Value::as_str).unwrap_or("none");
+                let replaced = r.detail_str("mapping") == Some("replaced");
+                let readback = r.detail_str("readback").unwrap_or("none");
                 let seen = if signals || replaced {
                     MappingState::Faulted
                 } else if readback == "zero" {
@@ -615,15 +628,15 @@ impl Session {
                         "client {name}'s mapping is {}, not {} (readback {readback}, signals {})",
                         seen.name(),
                         want.name(),
-                        r.get("signals").unwrap_or(&Value::Null)
+                        r.details.get("signals").unwrap_or(&Value::Null)
                     ));
                 }
             }
             Condition::ClientAlive(name) => {
                 let r = self.client_report(name).await?;
-                let state = r.get("state").and_then(Value::as_str).unwrap_or("");
+                let state = r.state.as_deref().unwrap_or("");
                 if !matches!(state, "ready" | "running") {
-                    return fail(format!("client {name} is not running: {r}"));
+                    return fail(format!("client {name} is not running: {}", r.to_value()));
                 }
             }
         }
@@ -631,13 +644,9 @@ impl Session {
     }
 
     /// The card's DRM node and whether it is gone from /dev/dri.
-    fn node_left(&self, status: &crate::runner::CardStatus) -> (String, bool) {
+    fn node_left(&self, status: &CardStatus) -> (String, bool) {
         let node = self.drm_node.clone().unwrap_or_else(|| "card0".into());
-        let gone = !status
-            .get("dri_nodes")
-            .unwrap_or("")
-            .split_whitespace()
-            .any(|n| n == node);
+        let gone = !status.dri_nodes.contains(&node);
         (node, gone)
     }
 
@@ -666,9 +675,9 @@ impl Session {
         match step {
             Step::WaitBound(wait) => match self.wait_bound(*wait).await {
                 Ok(status) => {
-                    self.pci_address = status.get("pci_address").map(str::to_string);
-                    self.drm_node = status.get("drm").map(str::to_string);
-                    self.fb_node = status.get("fb").map(str::to_string);
+                    self.pci_address.clone_from(&status.pci_address);
+                    self.drm_node = status.drm.first().cloned();
+                    self.fb_node = status.fb.first().cloned();
                     run.pci_address.clone_from(&self.pci_address);
                     run.driver_bound = true;
                     self.ever_bound = true;
@@ -739,14 +748,22 @@ fn bail_step(msg: &str) -> StepResult {
     Err(StepError::Rig(msg.to_string()))
 }
 
-/// The last line of agent output that parses as JSON.
-fn parse_json_line(text: &str) -> Result<Value> {
-    text.lines()
-        .rev()
-        .find_map(|l| {
-            serde_json::from_str::<Value>(l.trim())
-                .ok()
-                .filter(Value::is_object)
-        })
-        .ok_or_else(|| anyhow!("no JSON status in agent output: {}", text.trim()))
+/// How a client or command ended, for failure messages.
+fn ended(r: &ClientReport) -> String {
+    let text = |v: &Option<String>| v.as_deref().map_or("null".into(), |s| format!("{s:?}"));
+    format!(
+        "state {}, exit code {}, signal {}",
+        text(&r.state),
+        r.exit_code.map_or("null".into(), |c| c.to_string()),
+        text(&r.exit_signal)
+    )
+}
+
+/// What a start reply showed in reports before the protocol was typed: `started ID pid=N`,
+/// then the client's report as JSON if it waited for the client.
+fn started_text(id: &str, pid: i32, report: &Option<ClientReport>) -> String {
+    match report {
+        Some(r) => format!("started {id} pid={pid}\n{}", r.to_value()),
+        None => format!("started {id} pid={pid}"),
+    }
 }

@@ -1,28 +1,17 @@
-//! Just enough JSON for the status files: a writer for flat objects, and a splitter that reads a
-//! top-level object back into (key, raw value) pairs so the agent can add or override fields.
+//! The status files' JSON: flat objects built field by field, in order, and read back into
+//! (key, raw value) pairs so the agent can add or override fields. serde_json does the
+//! encoding and decoding; this module only keeps the field order (clients write their status
+//! in a readable order, and the agent appends its own fields after them), which serde_json's
+//! `Map` would sort without its `preserve_order` feature, and that feature would change the
+//! order of every map in a workspace build of the host too.
 
-/// Appends `s` to `out` as a JSON string literal.
-pub fn push_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 /// A JSON string literal.
 pub fn string(s: &str) -> String {
-    let mut out = String::new();
-    push_str(&mut out, s);
-    out
+    // Serialising a str cannot fail.
+    serde_json::to_string(s).unwrap_or_default()
 }
 
 /// A JSON string literal, or `null`.
@@ -80,14 +69,14 @@ impl Object {
         self.get(key).and_then(unquote)
     }
 
-    /// Compact JSON on one line.
+    /// Compact JSON on one line, fields in order.
     pub fn to_json(&self) -> String {
         let mut out = String::from("{");
         for (i, (k, v)) in self.fields.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            push_str(&mut out, k);
+            out.push_str(&string(k));
             out.push(':');
             out.push_str(v);
         }
@@ -95,115 +84,40 @@ impl Object {
         out
     }
 
+    /// The object as a serde_json value (for the typed protocol's replies).
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(&self.to_json()).unwrap_or(serde_json::Value::Null)
+    }
+
     /// Splits a JSON object into its top-level fields, keeping each value's raw text.
     pub fn parse(text: &str) -> Result<Object, String> {
-        let s = text.trim();
-        let inner = s
-            .strip_prefix('{')
-            .and_then(|s| s.strip_suffix('}'))
-            .ok_or_else(|| "not a JSON object".to_string())?;
-        let b = inner.as_bytes();
-        let mut obj = Object::new();
-        let mut i = skip_ws(b, 0);
-        while i < b.len() {
-            if b[i] != b'"' {
-                return Err(format!("expected a key at byte {i}"));
+        serde_json::from_str::<Object>(text).map_err(|e| e.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Object {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Object, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = Object;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
             }
-            let key_end = string_end(b, i)?;
-            let key = unquote(&inner[i..key_end]).ok_or("bad key")?;
-            i = skip_ws(b, key_end);
-            if b.get(i) != Some(&b':') {
-                return Err(format!("expected ':' at byte {i}"));
-            }
-            let start = skip_ws(b, i + 1);
-            let end = value_end(b, start)?;
-            obj.raw(&key, inner[start..end].trim_end());
-            i = skip_ws(b, end);
-            match b.get(i) {
-                Some(b',') => {
-                    i = skip_ws(b, i + 1);
-                    if i >= b.len() {
-                        return Err("trailing ','".to_string());
-                    }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Object, A::Error> {
+                let mut obj = Object::new();
+                while let Some((key, value)) = map.next_entry::<String, Box<RawValue>>()? {
+                    obj.raw(&key, value.get());
                 }
-                None => break,
-                Some(_) => return Err(format!("expected ',' at byte {i}")),
+                Ok(obj)
             }
         }
-        Ok(obj)
+        d.deserialize_map(Fields)
     }
-}
-
-fn skip_ws(b: &[u8], mut i: usize) -> usize {
-    while i < b.len() && b[i].is_ascii_whitespace() {
-        i += 1;
-    }
-    i
-}
-
-/// Index just past the string literal starting at `b[i] == '"'`.
-fn string_end(b: &[u8], i: usize) -> Result<usize, String> {
-    let mut j = i + 1;
-    while j < b.len() {
-        match b[j] {
-            b'\\' => j += 2,
-            b'"' => return Ok(j + 1),
-            _ => j += 1,
-        }
-    }
-    Err("unterminated string".to_string())
-}
-
-/// Index just past the value starting at `i` (at the next top-level ',' or the end).
-fn value_end(b: &[u8], i: usize) -> Result<usize, String> {
-    let mut depth = 0usize;
-    let mut j = i;
-    while j < b.len() {
-        match b[j] {
-            b'"' => {
-                j = string_end(b, j)?;
-                continue;
-            }
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => depth = depth.checked_sub(1).ok_or("unbalanced brackets")?,
-            b',' if depth == 0 => return Ok(j),
-            _ => {}
-        }
-        j += 1;
-    }
-    if depth != 0 {
-        return Err("unbalanced brackets".to_string());
-    }
-    if j == i {
-        return Err("missing value".to_string());
-    }
-    Ok(j)
 }
 
 /// The contents of a JSON string literal (`None` if `raw` is not one).
 pub fn unquote(raw: &str) -> Option<String> {
-    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
-    let mut out = String::new();
-    let mut chars = inner.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next()? {
-            'n' => out.push('\n'),
-            'r' => out.push('\r'),
-            't' => out.push('\t'),
-            'b' => out.push('\u{8}'),
-            'f' => out.push('\u{c}'),
-            'u' => {
-                let hex: String = chars.by_ref().take(4).collect();
-                out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?).unwrap_or('\u{fffd}'));
-            }
-            c => out.push(c),
-        }
-    }
-    Some(out)
+    serde_json::from_str::<String>(raw).ok()
 }
 
 /// An object of counters, e.g. `{"ENODEV":3}`, in the given order.
@@ -240,6 +154,20 @@ mod tests {
         assert_eq!(
             o.to_json(),
             r#"{"kind":"kms","frames":3,"exited":true,"signals":{"SIGBUS":2}}"#
+        );
+    }
+
+    #[test]
+    fn decodes_surrogate_pairs() {
+        // U+1F600 as a UTF-16 surrogate pair: the hand-written decoder this replaced made
+        // two U+FFFD of it.
+        assert_eq!(unquote(r#""\ud83d\ude00""#).as_deref(), Some("\u{1f600}"));
+        let o = Object::parse(r#"{"s":"a\ud83d\ude00b"}"#).unwrap();
+        assert_eq!(o.get_str("s").as_deref(), Some("a\u{1f600}b"));
+        assert_eq!(
+            unquote(r#""\ud83d""#),
+            None,
+            "a lone surrogate is not a string"
         );
     }
 

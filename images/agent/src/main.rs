@@ -12,6 +12,7 @@ mod client;
 mod drm;
 mod exec;
 mod fb;
+mod inspect;
 mod json;
 mod pattern;
 mod peek;

@@ -1,5 +1,10 @@
 //! `vanish-agent serve`: the guest end of the host's line protocol.
 //!
+//! The runner speaks only the typed protocol (crate `guest_protocol`, one place for what the
+//! guest can be asked): a line `@req JSON` is answered by one line `\x1e JSON-reply`
+//! ([`Clients::request`]). The text verbs and shell lines below remain for people at the
+//! guest's port and for this agent's own tests; the runner does not use them.
+//!
 //! The host writes one command per line. A line not starting with '@' runs as `/bin/sh -c LINE`
 //! with stdin /dev/null and stdout and stderr both sent back; then the agent writes
 //! `"\x1e<status>\n"` (the exit code, or 128 + the signal number). Lines starting with '@' are
@@ -46,6 +51,7 @@ use crate::client::Kind;
 use crate::exec::{group_members, kill_group, Exec};
 use crate::json::Object;
 use crate::sys::{errno, signal_name};
+use guest_protocol::{self as protocol, Request};
 
 /// Starts each status line.
 pub const END: u8 = 0x1e;
@@ -234,6 +240,14 @@ pub struct Clients {
     procs: BTreeMap<String, ClientProc>,
 }
 
+/// What starting a client came to: its pid once it runs, its report if the agent waited for
+/// it, and why it failed if it did.
+struct Started {
+    pid: Option<i32>,
+    report: Option<Object>,
+    error: Option<String>,
+}
+
 /// A verb's answer.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Reply {
@@ -281,6 +295,147 @@ impl Clients {
                 c.exit = Some(Exit::from_wait_status(st));
             }
         }
+    }
+
+    /// Answers one request of the typed protocol (`@req JSON`).
+    pub fn request(&mut self, request: Request) -> protocol::Reply {
+        use protocol::{GuestError, Reply as R};
+        let as_report = |o: Object| -> R {
+            match serde_json::from_value::<protocol::ClientReport>(o.to_value()) {
+                Ok(r) => R::Client(r),
+                Err(e) => R::Error(GuestError::Failed {
+                    message: format!("client report {}: {e}", o.to_json()),
+                }),
+            }
+        };
+        let bad = |message: String| R::Error(GuestError::BadRequest { message });
+        let root = crate::inspect::Root::default();
+        match request {
+            Request::Status => R::Status {
+                kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+            },
+            Request::CardStatus { vendor, device } => R::Card(root.card_status(vendor, device)),
+            Request::ProbeModes { vendor, device } => {
+                R::Connectors(root.probe_modes(vendor, device))
+            }
+            Request::IrqCount { name } => match root.irq_count(&name) {
+                Ok(n) => R::IrqCount(n),
+                Err(e) => R::Error(e),
+            },
+            Request::Peek { bdf, bar, offset } => match self.peek(&bdf, bar, offset) {
+                Ok(v) => R::Peek(v),
+                Err(message) => R::Error(GuestError::Failed { message }),
+            },
+            Request::SysfsWrite {
+                path,
+                value,
+                timeout_ms,
+            } => {
+                match crate::inspect::sysfs_write(&path, &value, Duration::from_millis(timeout_ms))
+                {
+                    Ok(()) => R::Done,
+                    Err(e) => R::Error(e),
+                }
+            }
+            Request::ClientStart {
+                id,
+                kind,
+                device,
+                wait,
+            } => {
+                let id = match valid_id(&id) {
+                    Ok(id) => id,
+                    Err(e) => return bad(e),
+                };
+                let kind = match kind {
+                    protocol::ClientKind::Kms => Kind::Kms,
+                    protocol::ClientKind::Fbdev => Kind::Fbdev,
+                    protocol::ClientKind::IdleOpen => Kind::IdleOpen,
+                };
+                let started = self.start_client(&id, kind, &device, wait);
+                let report = match started.report.map(as_report) {
+                    Some(R::Client(r)) => Some(r),
+                    Some(other) => return other,
+                    None => None,
+                };
+                match (started.pid, started.error) {
+                    (Some(pid), None) => R::Started { id, pid, report },
+                    (_, error) => R::Error(GuestError::ClientFailed {
+                        message: error.unwrap_or_default(),
+                        report: report.map(Box::new),
+                    }),
+                }
+            }
+            Request::ClientReport { id } => match self.procs.get(&id) {
+                Some(c) => as_report(report(&id, c)),
+                None => R::Error(GuestError::NoClient { id }),
+            },
+            Request::ClientStop { id, timeout_ms } => match self.procs.contains_key(&id) {
+                false => R::Error(GuestError::NoClient { id }),
+                true => match self.stop_client(&id, timeout_ms) {
+                    Ok((o, _hung)) => as_report(o),
+                    Err(message) => R::Error(GuestError::Failed { message }),
+                },
+            },
+            Request::ExecStart { id, cmd } => {
+                let id = match valid_id(&id) {
+                    Ok(id) => id,
+                    Err(e) => return bad(e),
+                };
+                match self.exec_start(&id, &cmd) {
+                    Ok(pid) => R::Started {
+                        id,
+                        pid,
+                        report: None,
+                    },
+                    Err(e) => R::Error(GuestError::Failed {
+                        message: e.trim_start_matches("error: ").to_string(),
+                    }),
+                }
+            }
+            Request::ExecRun {
+                id,
+                timeout_ms,
+                cmd,
+            } => {
+                let id = match valid_id(&id) {
+                    Ok(id) => id,
+                    Err(e) => return bad(e),
+                };
+                match self.run_command(&id, timeout_ms, &cmd) {
+                    Ok(o) => as_report(o),
+                    Err(e) => R::Error(GuestError::Failed {
+                        message: e.trim_start_matches("error: ").to_string(),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// One BAR read in a child process (`vanish-agent peek`): a read that faults (SIGBUS on a
+    /// vanished mapping) must kill that child, not the agent, which is PID 1 in the guest.
+    fn peek(&self, bdf: &str, bar: u8, offset: u64) -> Result<u32, String> {
+        let out = Command::new(&self.cfg.agent_exe)
+            .args(["peek", bdf, &bar.to_string(), &format!("{offset:#x}")])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", self.cfg.agent_exe.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            return Err(format!(
+                "peek {bdf} BAR{bar} +{offset:#x} failed ({}): {}",
+                out.status,
+                err.trim()
+            ));
+        }
+        crate::peek::parse_number(text.trim())
+            .ok()
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| format!("peek printed {:?}", text.trim()))
     }
 
     pub fn handle(&mut self, verb: Verb) -> Reply {
@@ -352,16 +507,22 @@ impl Clients {
     }
 
     fn exec_run(&mut self, id: &str, timeout_ms: u64, cmd: &str) -> Reply {
-        if let Err(e) = self.exec_start(id, cmd) {
-            return reply(1, e);
+        match self.run_command(id, timeout_ms, cmd) {
+            Ok(o) => reply(0, o.to_json()),
+            Err(e) => reply(1, e),
         }
+    }
+
+    /// Runs a command to its end (or stops it at `timeout_ms`): its report.
+    fn run_command(&mut self, id: &str, timeout_ms: u64, cmd: &str) -> Result<Object, String> {
+        self.exec_start(id, cmd)?;
         let started = Instant::now();
         let deadline = started + Duration::from_millis(timeout_ms);
         let mut o = loop {
             if self.ended(id) {
                 self.drain(id);
                 let Some(c) = self.procs.get(id) else {
-                    return reply(1, format!("error: no client {id}"));
+                    return Err(format!("error: no client {id}"));
                 };
                 let mut o = report(id, c);
                 o.bool("timed_out", false);
@@ -377,7 +538,7 @@ impl Clients {
         o.num("timeout_ms", timeout_ms)
             .num("elapsed_ms", started.elapsed().as_millis());
         self.procs.remove(id);
-        reply(0, o.to_json())
+        Ok(o)
     }
 
     /// SIGTERM to the command's process group, SIGKILL after a grace; the report, and whether
@@ -444,24 +605,37 @@ impl Clients {
     }
 
     fn start(&mut self, id: &str, kind: Kind, device: &str, wait: bool) -> Reply {
+        let o = self.start_client(id, kind, device, wait);
+        let mut lines = Vec::new();
+        if let Some(pid) = o.pid {
+            lines.push(format!("started {id} pid={pid}"));
+        }
+        if let Some(r) = &o.report {
+            lines.push(r.to_json());
+        }
+        if let Some(e) = &o.error {
+            lines.push(format!("error: {e}"));
+        }
+        reply(i32::from(o.error.is_some()), lines.join("\n"))
+    }
+
+    /// Starts client `id`; with `wait`, waits until it is ready (or failed).
+    fn start_client(&mut self, id: &str, kind: Kind, device: &str, wait: bool) -> Started {
+        let failed = |error: String| Started {
+            pid: None,
+            report: None,
+            error: Some(error),
+        };
         self.reap();
         if let Some(c) = self.procs.get(id).filter(|c| c.exit.is_none()) {
-            return reply(
-                1,
-                format!("error: client {id} is already running (pid={})", c.pid),
-            );
+            return failed(format!("client {id} is already running (pid={})", c.pid));
         }
         let status_path = self.cfg.status_dir.join(format!("vanish-client-{id}.json"));
         let log_path = self.cfg.status_dir.join(format!("vanish-client-{id}.log"));
         let _ = std::fs::remove_file(&status_path);
         let log = match File::create(&log_path).and_then(|f| Ok((f.try_clone()?, f))) {
             Ok(pair) => pair,
-            Err(e) => {
-                return reply(
-                    1,
-                    format!("error: cannot create {}: {e}", log_path.display()),
-                )
-            }
+            Err(e) => return failed(format!("cannot create {}: {e}", log_path.display())),
         };
         let spawned = Command::new(&self.cfg.agent_exe)
             .args(["client", kind.name(), "--device", device, "--status"])
@@ -474,10 +648,10 @@ impl Clients {
         let pid = match spawned {
             Ok(child) => child.id() as i32,
             Err(e) => {
-                return reply(
-                    1,
-                    format!("error: cannot start {}: {e}", self.cfg.agent_exe.display()),
-                )
+                return failed(format!(
+                    "cannot start {}: {e}",
+                    self.cfg.agent_exe.display()
+                ))
             }
         };
         self.procs.insert(
@@ -491,7 +665,11 @@ impl Clients {
         );
 
         if !wait {
-            return reply(0, format!("started {id} pid={pid}"));
+            return Started {
+                pid: Some(pid),
+                report: None,
+                error: None,
+            };
         }
         let deadline = Instant::now() + START_WAIT;
         let (status, verdict) = loop {
@@ -528,33 +706,47 @@ impl Clients {
             }
         };
         let Some(c) = self.procs.get(id) else {
-            return reply(1, verdict);
+            return Started {
+                pid: Some(pid),
+                report: None,
+                error: Some(verdict.trim_start_matches("error: ").to_string()),
+            };
         };
         let report = report(id, c);
-        let mut text = format!("started {id} pid={pid}\n{}", report.to_json());
-        if status != 0 {
+        let error = (status != 0).then(|| {
             let why = report.get_str("last_error").unwrap_or_default();
-            text.push_str(&format!(
-                "\nerror: client {id} {verdict}{}",
+            format!(
+                "client {id} {verdict}{}",
                 if why.is_empty() {
                     String::new()
                 } else {
                     format!(": {why}")
                 }
-            ));
+            )
+        });
+        Started {
+            pid: Some(pid),
+            report: Some(report),
+            error,
         }
-        reply(status, text)
     }
 
     fn stop(&mut self, id: &str, timeout_ms: u64) -> Reply {
+        match self.stop_client(id, timeout_ms) {
+            Ok((o, hung)) => reply(i32::from(hung), o.to_json()),
+            Err(e) => reply(1, format!("error: {e}")),
+        }
+    }
+
+    /// Stops client `id`: its final report, and whether it is still there (hung).
+    fn stop_client(&mut self, id: &str, timeout_ms: u64) -> Result<(Object, bool), String> {
         self.reap();
         let Some(c) = self.procs.get(id) else {
-            return reply(1, format!("error: no client {id}"));
+            return Err(format!("no client {id}"));
         };
         let pid = c.pid;
         if c.exec.is_some() {
-            let (o, hung) = self.stop_exec(id, timeout_ms);
-            return reply(i32::from(hung), o.to_json());
+            return Ok(self.stop_exec(id, timeout_ms));
         }
         if c.exit.is_none() {
             // SAFETY: plain kill(2); the pid is our unreaped child, so it cannot have been reused.
@@ -564,10 +756,10 @@ impl Clients {
         loop {
             self.reap();
             let Some(c) = self.procs.get(id) else {
-                return reply(1, format!("error: no client {id}"));
+                return Err(format!("no client {id}"));
             };
             if c.exit.is_some() {
-                return reply(0, report(id, c).to_json());
+                return Ok((report(id, c), false));
             }
             if Instant::now() >= deadline {
                 let mut o = report(id, c);
@@ -580,7 +772,7 @@ impl Clients {
                     o.opt_str(key, proc_file(pid, file).as_deref());
                 }
                 o.num("waited_ms", timeout_ms);
-                return reply(1, o.to_json());
+                return Ok((o, true));
             }
             thread::sleep(POLL);
         }
@@ -854,7 +1046,18 @@ pub fn serve<R: Read, W: Write + Send + 'static>(
         lines += 1;
         let line = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)).into_owned();
         clients.reap();
-        if let Some(verb) = line.strip_prefix('@') {
+        if let Some(json) = line.strip_prefix(protocol::REQUEST_PREFIX) {
+            let answer = match protocol::decode_request(json) {
+                Ok(request) => clients.request(request),
+                Err(e) => protocol::Reply::Error(protocol::GuestError::BadRequest {
+                    message: e.to_string(),
+                }),
+            };
+            send(
+                &out,
+                format!("{}\n", protocol::encode_reply(&answer)).as_bytes(),
+            )?;
+        } else if let Some(verb) = line.strip_prefix('@') {
             let words: Vec<&str> = verb.split_whitespace().collect();
             if words.first() == Some(&"shell") {
                 match crate::shell::parse(&words) {
@@ -1054,6 +1257,97 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+
+    impl Peer {
+        /// Sends a typed request; returns the decoded reply line.
+        fn ask(&mut self, request: &Request) -> protocol::Reply {
+            self.ask_line(&protocol::encode_request(request))
+        }
+
+        fn ask_line(&mut self, line: &str) -> protocol::Reply {
+            self.conn.write_all(format!("{line}\n").as_bytes()).unwrap();
+            let mut l = String::new();
+            assert!(self.reader.read_line(&mut l).unwrap() > 0, "agent closed");
+            protocol::decode_reply(&l).unwrap_or_else(|e| panic!("{e}"))
+        }
+    }
+
+    #[test]
+    fn answers_typed_requests() {
+        use protocol::{GuestError, Reply as R};
+        let mut p = Peer::new("typed");
+        assert!(
+            matches!(p.ask(&Request::Status), R::Status { kernel_release } if !kernel_release.is_empty())
+        );
+        let r = p.ask(&Request::ExecRun {
+            id: "r1".into(),
+            timeout_ms: 5000,
+            cmd: "echo hi; echo oops >&2; exit 3".into(),
+        });
+        let R::Client(r) = r else { panic!("{r:?}") };
+        assert_eq!(r.exit_code, Some(3));
+        assert_eq!(r.kind.as_deref(), Some("exec"));
+        assert_eq!(r.detail_str("stdout"), Some("hi\n"));
+        assert_eq!(
+            r.details.get("timed_out"),
+            Some(&serde_json::Value::Bool(false))
+        );
+        let r = p.ask(&Request::ExecStart {
+            id: "b1".into(),
+            cmd: "sleep 30".into(),
+        });
+        assert!(
+            matches!(&r, R::Started { id, pid, report: None } if id == "b1" && *pid > 0),
+            "{r:?}"
+        );
+        let R::Client(r) = p.ask(&Request::ClientStop {
+            id: "b1".into(),
+            timeout_ms: 3000,
+        }) else {
+            panic!("no report")
+        };
+        assert_eq!(r.exit_signal.as_deref(), Some("SIGTERM"));
+        assert!(r.exited && !r.alive);
+        assert_eq!(
+            p.ask(&Request::ClientReport { id: "ghost".into() }),
+            R::Error(GuestError::NoClient { id: "ghost".into() })
+        );
+        let r = p.ask(&Request::ClientStart {
+            id: "c1".into(),
+            kind: protocol::ClientKind::Kms,
+            device: "/dev/dri/card0".into(),
+            wait: true,
+        });
+        assert!(
+            matches!(&r, R::Error(GuestError::ClientFailed { message, report: None }) if message.starts_with("cannot start /nonexistent")),
+            "{r:?}"
+        );
+        assert!(matches!(
+            p.ask(&Request::ExecStart {
+                id: "../x".into(),
+                cmd: "true".into()
+            }),
+            R::Error(GuestError::BadRequest { .. })
+        ));
+        assert!(matches!(
+            p.ask(&Request::SysfsWrite {
+                path: "/tmp/x".into(),
+                value: "1".into(),
+                timeout_ms: 100
+            }),
+            R::Error(GuestError::BadRequest { .. })
+        ));
+        // An unknown operation and a truncated request are answered, and the agent goes on.
+        assert!(matches!(
+            p.ask_line(r#"@req {"op":"format-disk"}"#),
+            R::Error(GuestError::BadRequest { message }) if message.contains("format-disk")
+        ));
+        assert!(matches!(
+            p.ask_line(r#"@req {"op":"irq-count","na"#),
+            R::Error(GuestError::BadRequest { .. })
+        ));
+        assert_eq!(p.run("echo still here"), ("still here\n".into(), 0));
     }
 
     #[test]
