@@ -176,6 +176,12 @@ impl CardServer {
         control::request(&self.control, request).await
     }
 
+    /// The server's process id (None once it has been reaped): `vanish bench` reads its
+    /// footprint from /proc.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// SIGKILL, as a crashing server would die.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
@@ -529,7 +535,7 @@ fn print_step(msg: &str) {
 }
 
 /// Provisions QEMU, the kernel and the initramfs for `cfg` (blocking work, off the runtime).
-async fn provision(cfg: &RunConfig, dir: &Path, accel: Accel) -> Result<Rig> {
+pub async fn provision(cfg: &RunConfig, dir: &Path, accel: Accel) -> Result<Rig> {
     let cfg = cfg.clone();
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || -> Result<_> {
@@ -610,6 +616,7 @@ fn vm_config(
         qmp_socket: dir.join("qmp.sock"),
         agent_socket: dir.join("agent.sock"),
         card_socket: Some(card_socket),
+        in_process_card: None,
         accel,
         extra_args: cfg.qemu_opts.clone(),
         stream_console: cfg.stream_console,
