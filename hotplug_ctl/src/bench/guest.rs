@@ -35,7 +35,10 @@ pub struct BootTimes {
     pub init: f64,
     /// DRM's "Initialized" line for the card's driver.
     pub bound: f64,
-    /// The same two points by the guest's own clock (printk), if the lines carried one.
+    /// fbdev's "frame buffer device" line after it: the first connector probe (for hibmc the
+    /// first EDID read over bit-banged DDC) is done and fbcon can draw.
+    pub fb_up: f64,
+    /// The bound point by the guest's own clock (printk), if the line carried one.
     pub printk_bound: Option<f64>,
 }
 
@@ -57,8 +60,8 @@ pub struct Guest {
     /// The card's PCI address in the guest.
     pub bdf: String,
     pub times: BootTimes,
-    /// The server's counters when the driver had bound (vanish only).
-    pub stats_at_bound: Option<CardStats>,
+    /// The server's counters once fbdev was up (vanish only).
+    pub stats_at_fb: Option<CardStats>,
 }
 
 /// The DRM driver name its "Initialized NAME" line carries.
@@ -143,10 +146,16 @@ impl Guest {
                 .ok_or_else(|| at(&format!("{bound_line:?} line")))?;
             let bound = started.elapsed().as_secs_f64();
             let printk_bound = stats::printk_seconds(&console.text_since(line));
+            console
+                .wait_for(line, " frame buffer device", cfg.bind_timeout)
+                .await
+                .ok_or_else(|| at("fbdev line"))?;
+            let fb_up = started.elapsed().as_secs_f64();
             Ok::<_, anyhow::Error>(BootTimes {
                 first_line,
                 init,
                 bound,
+                fb_up,
                 printk_bound,
             })
         };
@@ -165,7 +174,7 @@ impl Guest {
                 cfg.out.join("console.log").display()
             )
         })?;
-        let stats_at_bound = match &server {
+        let stats_at_fb = match &server {
             Some(s) => s
                 .request(&Request::Status)
                 .await
@@ -184,7 +193,7 @@ impl Guest {
             generation: 0,
             bdf: String::new(),
             times,
-            stats_at_bound,
+            stats_at_fb,
         };
         guest.bdf = guest.find_card().await?;
         Ok(guest)
@@ -252,15 +261,18 @@ impl Guest {
         stats::ns_per_read(&line).map_err(|e| anyhow!("register reads: {e}: {line:?}"))
     }
 
-    /// Whether the card's driver is bound (by sysfs).
+    /// Whether the card's driver has bound and finished probing. The `driver` link alone is
+    /// not enough: the driver core creates it before probe() runs, and hibmc's probe then
+    /// spends seconds reading EDID; the fbdev node under the device comes at probe's end (and
+    /// pciehp stops blinking the slot's power indicator only after that).
     async fn bound(&mut self) -> Result<bool> {
         let driver = self.model().linux_driver();
+        let d = format!("/sys/bus/pci/devices/{}", self.bdf);
         let out = self
             .agent
             .run(
                 &format!(
-                    "readlink /sys/bus/pci/devices/{}/driver 2>/dev/null | grep -q '/{driver}$'",
-                    self.bdf
+                    "readlink {d}/driver 2>/dev/null | grep -q '/{driver}$' && ls -d {d}/graphics/fb* >/dev/null 2>&1"
                 ),
                 AGENT_WAIT,
             )
@@ -432,6 +444,12 @@ impl Guest {
             msi_per_second: (msi1.saturating_sub(msi0)) as f64 / elapsed,
             vblank_waiter: vblank,
         })
+    }
+
+    /// The card server's counters now (vanish only).
+    pub async fn server_stats(&self) -> Option<CardStats> {
+        let server = self.server.as_ref()?;
+        server.request(&Request::Status).await.ok()?.status
     }
 
     /// Powers the guest off and stops everything.
