@@ -343,9 +343,22 @@ impl Guest {
             server.request(&Request::Dead).await?;
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        self.qmp
-            .execute("device_del", json!({ "id": CARD_ID }))
-            .await?;
+        // pciehp refuses a button press while the power indicator still blinks from the last
+        // hot-add; retry for a while (the wait counts in this cycle's time).
+        let busy_until = Instant::now() + Duration::from_secs(20);
+        loop {
+            match self
+                .qmp
+                .execute("device_del", json!({ "id": CARD_ID }))
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if format!("{e:#}").contains("busy") && Instant::now() < busy_until => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         self.qmp
             .wait_event("DEVICE_DELETED", PCIEHP_WAIT, |d| {
                 d.get("device").and_then(Value::as_str) == Some(CARD_ID)
