@@ -26,6 +26,17 @@ pub enum Card {
     InProcess(InProcessCard),
 }
 
+impl std::fmt::Display for Card {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Card::Vanish => f.write_str("vanish"),
+            Card::InProcess(InProcessCard::BochsDisplay { .. }) => {
+                f.write_str("in-process bochs-display")
+            }
+        }
+    }
+}
+
 /// Wall-clock points of one boot, in seconds from QEMU's start.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct BootTimes {
