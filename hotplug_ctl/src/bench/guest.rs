@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::agent::Agent;
 use crate::control::Request;
-use crate::qemu::{InProcessCard, Vm, VmConfig, CARD_ID, ROOT_PORT_ID};
+use crate::qemu::{Console, InProcessCard, Vm, VmConfig, CARD_ID, ROOT_PORT_ID};
 use crate::qmp::Qmp;
 use crate::runner::{CardServer, Rig, RunConfig};
 
@@ -73,6 +73,29 @@ pub struct Guest {
     pub times: BootTimes,
     /// The server's counters once fbdev was up (vanish only).
     pub stats_at_fb: Option<CardStats>,
+}
+
+/// How often [`wait_line`] looks at the console: fine enough for boot points measured in
+/// seconds.
+const CONSOLE_POLL: Duration = Duration::from_millis(10);
+
+/// Waits until a console line from `from` on contains `needle`; returns its index. Polls (the
+/// console has no change notification; the runner never needs one) every [`CONSOLE_POLL`].
+async fn wait_line(console: &Console, from: usize, needle: &str, wait: Duration) -> Option<usize> {
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Some(i) = console
+            .text_since(from)
+            .lines()
+            .position(|l| l.contains(needle))
+        {
+            return Some(from + i);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(CONSOLE_POLL).await;
+    }
 }
 
 /// The DRM driver name its "Initialized NAME" line carries.
@@ -141,24 +164,20 @@ impl Guest {
         let timeline = async {
             let wait = cfg.boot_timeout;
             let at = |what: &str| anyhow!("no {what} within {wait:?}");
-            console
-                .wait_for(0, "", wait)
+            wait_line(&console, 0, "", wait)
                 .await
                 .ok_or_else(|| at("console line"))?;
             let first_line = started.elapsed().as_secs_f64();
-            console
-                .wait_for(0, "vanish: init on", wait)
+            wait_line(&console, 0, "vanish: init on", wait)
                 .await
                 .ok_or_else(|| at("/init"))?;
             let init = started.elapsed().as_secs_f64();
-            let line = console
-                .wait_for(0, &bound_line, cfg.bind_timeout)
+            let line = wait_line(&console, 0, &bound_line, cfg.bind_timeout)
                 .await
                 .ok_or_else(|| at(&format!("{bound_line:?} line")))?;
             let bound = started.elapsed().as_secs_f64();
             let printk_bound = stats::printk_seconds(&console.text_since(line));
-            console
-                .wait_for(line, " frame buffer device", cfg.bind_timeout)
+            wait_line(&console, line, " frame buffer device", cfg.bind_timeout)
                 .await
                 .ok_or_else(|| at("fbdev line"))?;
             let fb_up = started.elapsed().as_secs_f64();
