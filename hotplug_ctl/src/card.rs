@@ -113,6 +113,12 @@ impl Card {
         }
     }
 
+    /// The server's process id (None once it has been reaped): `vanish bench` reads its
+    /// footprint from /proc.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// SIGKILL, as a crashing server would die.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;

@@ -316,9 +316,7 @@ async fn dispatch(cli: Cli) -> i32 {
             exit::PASS
         }
         Cmd::Kernels { arch, offline } => cmd_kernels(arch, offline).await,
-        Cmd::Bench(args) => tokio::task::spawn_blocking(move || hotplug_ctl::bench::run(&args))
-            .await
-            .unwrap_or(exit::SKIP),
+        Cmd::Bench(args) => hotplug_ctl::bench::run(args).await,
         Cmd::Baseline { report, out } => cmd_baseline(&report, &out),
         Cmd::Serve(args) => {
             let cfg = ServeConfig {

@@ -17,6 +17,24 @@ use crate::guest::AGENT_PORT;
 pub const CARD_ID: &str = "gpu0";
 pub const ROOT_PORT_ID: &str = "rp1";
 
+/// A display card QEMU emulates in its own process: the baseline vanish is measured against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InProcessCard {
+    /// `-device bochs-display` (1234:1111, driven by bochs-drm) with this much VRAM.
+    BochsDisplay { vram_mib: u32 },
+}
+
+impl InProcessCard {
+    /// The `-device` argument that puts it on the hotplug root port as `CARD_ID`.
+    pub fn device_arg(self) -> String {
+        match self {
+            InProcessCard::BochsDisplay { vram_mib } => {
+                format!("bochs-display,id={CARD_ID},bus={ROOT_PORT_ID},vgamem={vram_mib}M")
+            }
+        }
+    }
+}
+
 /// How to build the VM.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -31,6 +49,9 @@ pub struct VmConfig {
     pub agent_socket: PathBuf,
     /// The card's vfio-user socket, cold-plugged at boot; None boots with an empty slot.
     pub card_socket: Option<PathBuf>,
+    /// A card QEMU emulates itself, in the slot instead of the vfio-user card (`vanish bench`'s
+    /// baseline; `card_socket` is then None).
+    pub in_process_card: Option<InProcessCard>,
     pub accel: Accel,
     /// The user's `--qemu-opt` arguments, appended as given.
     pub extra_args: Vec<String>,
@@ -91,6 +112,9 @@ pub fn args(cfg: &VmConfig) -> Vec<String> {
             "-device",
             &crate::serve::device_arg(socket, CARD_ID, ROOT_PORT_ID),
         ]);
+    }
+    if let Some(card) = cfg.in_process_card {
+        push(&["-device", &card.device_arg()]);
     }
     push(&[
         "-device",

@@ -400,7 +400,7 @@ fn print_step(msg: &str) {
 }
 
 /// Provisions QEMU, the kernel and the initramfs for `cfg` (blocking work, off the runtime).
-async fn provision(cfg: &RunConfig, dir: &Path, accel: Accel) -> Result<Rig> {
+pub async fn provision(cfg: &RunConfig, dir: &Path, accel: Accel) -> Result<Rig> {
     let cfg = cfg.clone();
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || -> Result<_> {
@@ -481,6 +481,7 @@ fn vm_config(
         qmp_socket: dir.join("qmp.sock"),
         agent_socket: dir.join("agent.sock"),
         card_socket: Some(card_socket),
+        in_process_card: None,
         accel,
         extra_args: cfg.qemu_opts.clone(),
         stream_console: cfg.stream_console,

@@ -8,6 +8,7 @@
 //! `serve` is exec'd by the guest's /init: as PID 1 it reaps orphans and powers the guest off when
 //! the port closes, as the shell loop it replaces did.
 
+mod bench;
 mod client;
 mod drm;
 mod exec;
@@ -26,7 +27,10 @@ use std::process::ExitCode;
 const USAGE: &str = "usage:
   vanish-agent serve --port PATH [--status-dir DIR]
   vanish-agent client kms|fbdev|idle-open [--device PATH] [--status FILE]
-  vanish-agent peek BDF BAR OFFSET";
+  vanish-agent peek BDF BAR OFFSET
+  vanish-agent bench fill fbdev|kms SECONDS [DEVICE]
+  vanish-agent bench reads BDF BAR OFFSET COUNT
+  vanish-agent bench vblank SECONDS [DEVICE]";
 
 /// `--name value` options after the positional words.
 fn options(args: &[String], allowed: &[&str]) -> Result<Vec<(String, String)>, String> {
@@ -105,6 +109,19 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
             let offset = peek::parse_number(offset)?;
             let value = peek::read_u32(bdf, bar, offset)?;
             println!("{value:#010x}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("bench") => {
+            let words: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+            let line = match words.as_slice() {
+                ["fill", kind, secs] => bench::fill(kind, secs, None)?,
+                ["fill", kind, secs, device] => bench::fill(kind, secs, Some(device))?,
+                ["reads", bdf, bar, offset, count] => bench::reads(bdf, bar, offset, count)?,
+                ["vblank", secs] => bench::vblank(secs, None)?,
+                ["vblank", secs, device] => bench::vblank(secs, Some(device))?,
+                _ => return Err("bench needs fill KIND SECONDS [DEVICE], reads BDF BAR OFFSET COUNT or vblank SECONDS [DEVICE]".into()),
+            };
+            println!("{line}");
             Ok(ExitCode::SUCCESS)
         }
         Some("--version") => {

@@ -1,0 +1,366 @@
+//! `vanish-agent bench`: the guest-side programs of `vanish bench`.
+//!
+//! ```text
+//! vanish-agent bench fill fbdev|kms SECONDS [DEVICE]
+//! vanish-agent bench reads BDF BAR OFFSET COUNT
+//! vanish-agent bench vblank SECONDS [DEVICE]
+//! ```
+//!
+//! Each prints one line of `key=value` words for the host to parse (`vanish bench` reads them
+//! with its own parser; the figures are computed on the host so both sides agree on units).
+//!
+//! `fill` writes whole frames into the mapped framebuffer (the fbdev mapping of `/dev/fb0`, or
+//! a KMS dumb buffer set as the CRTC's scanout so it lives in VRAM) for SECONDS and reports the
+//! bytes and frames written. `reads` maps BAR `BAR` of `BDF` through sysfs `resourceN` and does
+//! COUNT volatile 32-bit reads at OFFSET, reporting the elapsed nanoseconds: with an emulated
+//! card every read traps into QEMU (and, for vanish, goes over the vfio-user socket).
+
+use std::ffi::CString;
+use std::fs::OpenOptions;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use crate::drm::{self, IoctlError};
+use crate::fb;
+use crate::sys::{errno, errno_text};
+
+/// A shared read-write mapping, unmapped on drop.
+struct Map {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Map {
+    fn new(fd: RawFd, len: usize, offset: u64) -> Result<Map, String> {
+        // SAFETY: a fresh shared mapping at a kernel-chosen address; checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                offset as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(format!(
+                "mmap {len} bytes at {offset:#x}: {}",
+                errno_text(errno())
+            ));
+        }
+        Ok(Map { ptr: p.cast(), len })
+    }
+}
+
+impl Drop for Map {
+    fn drop(&mut self) {
+        // SAFETY: ptr..ptr+len is the mapping made in `new`.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// What a fill run wrote.
+#[derive(Debug, PartialEq)]
+pub struct FillResult {
+    pub width: u32,
+    pub height: u32,
+    pub frame_bytes: usize,
+    pub frames: u64,
+    pub elapsed: Duration,
+}
+
+impl FillResult {
+    pub fn line(&self) -> String {
+        format!(
+            "mode={}x{} frame_bytes={} frames={} bytes={} ns={}",
+            self.width,
+            self.height,
+            self.frame_bytes,
+            self.frames,
+            self.frames * self.frame_bytes as u64,
+            self.elapsed.as_nanos()
+        )
+    }
+}
+
+/// Writes whole frames (`height` rows of `row_bytes` at `pitch`) into `base` for `secs`.
+///
+/// Each row is copied from a prepared row of the frame's colour, as a software renderer
+/// blitting a finished line would: the cost measured is the stores into the mapping.
+///
+/// # Safety
+/// `base` must be valid for writes of `pitch * (height - 1) + row_bytes` bytes.
+unsafe fn fill_frames(
+    base: *mut u8,
+    pitch: usize,
+    row_bytes: usize,
+    height: usize,
+    secs: Duration,
+) -> (u64, Duration) {
+    let started = Instant::now();
+    let mut frames = 0u64;
+    let mut row = vec![0u8; row_bytes];
+    while started.elapsed() < secs {
+        let colour = (frames as u32).wrapping_mul(0x0001_0307) | 0xff00_0000;
+        for px in row.chunks_exact_mut(4) {
+            px.copy_from_slice(&colour.to_le_bytes());
+        }
+        for y in 0..height {
+            // SAFETY: row y lies inside the mapping (the caller's contract).
+            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), base.add(y * pitch), row_bytes) };
+        }
+        frames += 1;
+    }
+    (frames, started.elapsed())
+}
+
+fn open_rw(device: &str) -> Result<RawFd, String> {
+    let path = CString::new(device).map_err(|_| format!("bad device path {device:?}"))?;
+    // SAFETY: a NUL-terminated path.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!("open {device}: {}", errno_text(errno())));
+    }
+    Ok(fd)
+}
+
+fn fill_fbdev(fd: RawFd, secs: Duration) -> Result<FillResult, String> {
+    let e = |e: IoctlError| e.to_string();
+    let var = fb::get_vscreeninfo(fd).map_err(e)?;
+    let fix = fb::get_fscreeninfo(fd).map_err(e)?;
+    let row_bytes = (var.xres * var.bits_per_pixel / 8) as usize;
+    let pitch = fix.line_length as usize;
+    let height = var.yres as usize;
+    if row_bytes == 0 || height == 0 || pitch < row_bytes || pitch * height > fix.smem_len as usize
+    {
+        return Err(format!(
+            "fbdev mode {}x{} pitch {pitch} does not fit its {} bytes",
+            var.xres, var.yres, fix.smem_len
+        ));
+    }
+    let map = Map::new(fd, pitch * height, 0)?;
+    // SAFETY: pitch * height bytes are mapped.
+    let (frames, elapsed) = unsafe { fill_frames(map.ptr, pitch, row_bytes, height, secs) };
+    Ok(FillResult {
+        width: var.xres,
+        height: var.yres,
+        frame_bytes: row_bytes * height,
+        frames,
+        elapsed,
+    })
+}
+
+fn fill_kms(fd: RawFd, secs: Duration) -> Result<FillResult, String> {
+    let e = |e: IoctlError| e.to_string();
+    let res = drm::get_resources(fd).map_err(e)?;
+    let mut conn = None;
+    for &id in &res.connectors {
+        let c = drm::get_connector(fd, id).map_err(e)?;
+        if c.connection == drm::DRM_MODE_CONNECTED && !c.modes.is_empty() {
+            conn = Some(c);
+            break;
+        }
+    }
+    let conn = conn.ok_or("no connected connector with modes")?;
+    let mode = drm::pick_mode(&conn.modes).ok_or("connector has no modes")?;
+    let crtc = drm::pick_crtc(fd, &res, &conn)
+        .map_err(e)?
+        .ok_or("no CRTC for the connector")?;
+    let (w, h) = (u32::from(mode.hdisplay), u32::from(mode.vdisplay));
+    let dumb = drm::create_dumb(fd, w, h, 32).map_err(e)?;
+    let fb_id = drm::add_fb(fd, w, h, dumb.pitch, 32, 24, dumb.handle).map_err(e)?;
+    // Scan it out first: the VRAM helpers pin a scanout buffer in VRAM, so the mapping made
+    // next is the card's memory (an unpinned buffer may sit in system RAM).
+    drm::set_crtc(fd, crtc, fb_id, conn.id, &mode).map_err(e)?;
+    let offset = drm::map_dumb(fd, dumb.handle).map_err(e)?;
+    let pitch = dumb.pitch as usize;
+    let map = Map::new(fd, dumb.size as usize, offset)?;
+    if pitch * h as usize > map.len {
+        return Err(format!(
+            "dumb buffer of {} bytes is smaller than {w}x{h}",
+            map.len
+        ));
+    }
+    // SAFETY: pitch * h bytes are mapped (checked above).
+    let (frames, elapsed) =
+        unsafe { fill_frames(map.ptr, pitch, w as usize * 4, h as usize, secs) };
+    Ok(FillResult {
+        width: w,
+        height: h,
+        frame_bytes: w as usize * 4 * h as usize,
+        frames,
+        elapsed,
+    })
+}
+
+/// A fill routine: fbdev or KMS.
+type FillFn = fn(RawFd, Duration) -> Result<FillResult, String>;
+
+/// `bench fill`: runs and prints one result line.
+pub fn fill(kind: &str, secs: &str, device: Option<&str>) -> Result<String, String> {
+    let secs: f64 = secs
+        .parse()
+        .ok()
+        .filter(|s: &f64| *s > 0.0 && *s <= 600.0)
+        .ok_or_else(|| format!("bad duration {secs:?} (seconds, 0-600)"))?;
+    let secs = Duration::from_secs_f64(secs);
+    let (default, run): (&str, FillFn) = match kind {
+        "fbdev" => ("/dev/fb0", fill_fbdev),
+        "kms" => ("/dev/dri/card0", fill_kms),
+        other => return Err(format!("unknown fill target {other:?} (fbdev or kms)")),
+    };
+    let fd = open_rw(device.unwrap_or(default))?;
+    let result = run(fd, secs);
+    // SAFETY: fd is ours; closing it releases the dumb buffer and the CRTC's master.
+    unsafe { libc::close(fd) };
+    result.map(|r| r.line())
+}
+
+/// drm.h: `union drm_wait_vblank` (the reply view: type, sequence, tval_sec, tval_usec; the
+/// request view's `unsigned long signal` overlays the two longs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct DrmWaitVblank {
+    type_: u32,
+    sequence: u32,
+    tval_sec: libc::c_long,
+    tval_usec: libc::c_long,
+}
+
+/// drm.h: `DRM_IOWR(0x3a, union drm_wait_vblank)`.
+const DRM_IOCTL_WAIT_VBLANK: u32 = drm::iowr::<DrmWaitVblank>(drm::DRM_IOCTL_BASE, 0x3a);
+/// drm.h: `_DRM_VBLANK_RELATIVE`.
+const DRM_VBLANK_RELATIVE: u32 = 0x1;
+
+/// `bench vblank`: waits for the next vblank over and over for SECONDS, keeping the driver's
+/// vblank interrupt on (DRM turns it off 5 s after the last waiter), as a compositor would.
+pub fn vblank(secs: &str, device: Option<&str>) -> Result<String, String> {
+    let secs: f64 = secs
+        .parse()
+        .ok()
+        .filter(|s: &f64| *s > 0.0 && *s <= 600.0)
+        .ok_or_else(|| format!("bad duration {secs:?} (seconds, 0-600)"))?;
+    let fd = open_rw(device.unwrap_or("/dev/dri/card0"))?;
+    let started = Instant::now();
+    let mut waits = 0u64;
+    let mut error = None;
+    while started.elapsed().as_secs_f64() < secs {
+        let mut w = DrmWaitVblank {
+            type_: DRM_VBLANK_RELATIVE,
+            sequence: 1,
+            ..Default::default()
+        };
+        // SAFETY: the argument is drm_wait_vblank's layout (size checked by a test).
+        if let Err(e) =
+            unsafe { drm::ioctl(fd, "DRM_IOCTL_WAIT_VBLANK", DRM_IOCTL_WAIT_VBLANK, &mut w) }
+        {
+            error = Some(e.to_string());
+            break;
+        }
+        waits += 1;
+    }
+    let ns = started.elapsed().as_nanos();
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    Ok(match error {
+        Some(e) => format!("waits={waits} ns={ns} error={}", e.replace(' ', "_")),
+        None => format!("waits={waits} ns={ns}"),
+    })
+}
+
+/// `bench reads`: COUNT 32-bit reads of BAR `bar` at `offset`; prints the elapsed time.
+pub fn reads(bdf: &str, bar: &str, offset: &str, count: &str) -> Result<String, String> {
+    let bar: u8 = bar.parse().map_err(|_| format!("bad BAR index {bar:?}"))?;
+    let offset = crate::peek::parse_number(offset)?;
+    let count: u64 = count
+        .parse()
+        .ok()
+        .filter(|n| (1..=100_000_000).contains(n))
+        .ok_or_else(|| format!("bad read count {count:?}"))?;
+    if bdf.contains('/') || bar > 5 || !offset.is_multiple_of(4) {
+        return Err(format!("bad target {bdf} BAR{bar} +{offset:#x}"));
+    }
+    let path = format!("/sys/bus/pci/devices/{bdf}/resource{bar}");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{path}: {e}"))?;
+    let len = file.metadata().map_err(|e| format!("{path}: {e}"))?.len();
+    if offset + 4 > len {
+        return Err(format!(
+            "offset {offset:#x} is outside BAR{bar} ({len:#x} bytes)"
+        ));
+    }
+    let page = offset & !0xfff;
+    let map = Map::new(file.as_raw_fd(), ((offset - page) + 4) as usize, page)?;
+    let started = Instant::now();
+    let mut last = 0u32;
+    for _ in 0..count {
+        // SAFETY: an aligned dword inside the mapping.
+        last = unsafe { std::ptr::read_volatile(map.ptr.add((offset - page) as usize).cast()) };
+    }
+    let ns = started.elapsed().as_nanos();
+    Ok(format!("reads={count} ns={ns} value={last:#010x}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fills_every_row_and_only_the_rows() {
+        let (pitch, row, height) = (64usize, 40usize, 8usize);
+        let mut buf = vec![0u8; pitch * height];
+        let (frames, _) = unsafe {
+            fill_frames(
+                buf.as_mut_ptr(),
+                pitch,
+                row,
+                height,
+                Duration::from_millis(5),
+            )
+        };
+        assert!(frames >= 1);
+        for y in 0..height {
+            assert!(buf[y * pitch..y * pitch + row].iter().any(|&b| b != 0));
+            assert!(buf[y * pitch + row..(y + 1) * pitch]
+                .iter()
+                .all(|&b| b == 0));
+        }
+    }
+
+    #[test]
+    fn wait_vblank_matches_the_uapi() {
+        // union drm_wait_vblank is 24 bytes on LP64; libdrm's DRM_IOCTL_WAIT_VBLANK there.
+        #[cfg(target_pointer_width = "64")]
+        assert_eq!(DRM_IOCTL_WAIT_VBLANK, 0xc018_643a);
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        assert!(vblank("0", None).is_err());
+        assert!(fill("gl", "1", None).is_err());
+        assert!(fill("fbdev", "0", None).is_err());
+        assert!(fill("fbdev", "x", None).is_err());
+        assert!(reads("../x", "0", "0", "1").is_err());
+        assert!(reads("0000:01:00.0", "0", "2", "1").is_err());
+        assert!(reads("0000:01:00.0", "0", "0", "0").is_err());
+    }
+
+    #[test]
+    fn result_line_has_the_words_the_host_parses() {
+        let r = FillResult {
+            width: 2,
+            height: 3,
+            frame_bytes: 24,
+            frames: 10,
+            elapsed: Duration::from_millis(1),
+        };
+        assert_eq!(
+            r.line(),
+            "mode=2x3 frame_bytes=24 frames=10 bytes=240 ns=1000000"
+        );
+    }
+}
