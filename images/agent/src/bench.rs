@@ -16,7 +16,6 @@
 //! card every read traps into QEMU (and, for vanish, goes over the vfio-user socket).
 
 use std::ffi::CString;
-use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -278,21 +277,7 @@ pub fn reads(bdf: &str, bar: &str, offset: &str, count: &str) -> Result<String, 
         .ok()
         .filter(|n| (1..=100_000_000).contains(n))
         .ok_or_else(|| format!("bad read count {count:?}"))?;
-    if bdf.contains('/') || bar > 5 || !offset.is_multiple_of(4) {
-        return Err(format!("bad target {bdf} BAR{bar} +{offset:#x}"));
-    }
-    let path = format!("/sys/bus/pci/devices/{bdf}/resource{bar}");
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("{path}: {e}"))?;
-    let len = file.metadata().map_err(|e| format!("{path}: {e}"))?.len();
-    if offset + 4 > len {
-        return Err(format!(
-            "offset {offset:#x} is outside BAR{bar} ({len:#x} bytes)"
-        ));
-    }
+    let file = crate::peek::open_bar(bdf, bar, offset)?;
     let page = offset & !0xfff;
     let map = Map::new(file.as_raw_fd(), ((offset - page) + 4) as usize, page)?;
     let started = Instant::now();

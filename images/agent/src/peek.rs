@@ -16,9 +16,11 @@ pub fn parse_number(s: &str) -> Result<u64, String> {
     .map_err(|_| format!("bad number {s:?}"))
 }
 
-/// Reads the dword at `offset` of memory BAR `bar` of PCI function `bdf`.
-pub fn read_u32(bdf: &str, bar: u8, offset: u64) -> Result<u32, String> {
-    if bdf.contains('/') || bar > 5 || !offset.is_multiple_of(4) {
+/// Opens memory BAR `bar` of PCI function `bdf` (its sysfs `resourceN` file) for a dword
+/// access at `offset`, checking the target first: a plain function name, BAR 0-5, a
+/// dword-aligned offset inside the BAR.
+pub fn open_bar(bdf: &str, bar: u8, offset: u64) -> Result<std::fs::File, String> {
+    if bdf.is_empty() || bdf.contains('/') || bar > 5 || !offset.is_multiple_of(4) {
         return Err(format!(
             "bad peek target {bdf} BAR{bar} +{offset:#x} (dword-aligned offsets only)"
         ));
@@ -35,6 +37,12 @@ pub fn read_u32(bdf: &str, bar: u8, offset: u64) -> Result<u32, String> {
             "offset {offset:#x} is outside BAR{bar} ({len:#x} bytes)"
         ));
     }
+    Ok(file)
+}
+
+/// Reads the dword at `offset` of memory BAR `bar` of PCI function `bdf`.
+pub fn read_u32(bdf: &str, bar: u8, offset: u64) -> Result<u32, String> {
+    let file = open_bar(bdf, bar, offset)?;
     // SAFETY: mapping a sysfs resource file we opened; the mapping is checked, used for one
     // aligned volatile read inside its length and unmapped before returning.
     unsafe {
@@ -49,7 +57,10 @@ pub fn read_u32(bdf: &str, bar: u8, offset: u64) -> Result<u32, String> {
             page as libc::off_t,
         );
         if p == libc::MAP_FAILED {
-            return Err(format!("mmap {path}: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "mmap {bdf} BAR{bar}: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         let value =
             std::ptr::read_volatile(p.cast::<u8>().add((offset - page) as usize).cast::<u32>());
