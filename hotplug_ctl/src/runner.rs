@@ -226,11 +226,33 @@ impl Session {
     /// Waits for the driver after a fresh boot and records where the card is.
     pub async fn adopt_card(&mut self, wait: Duration) -> Result<()> {
         let status = self.wait_bound(wait).await?;
+        self.record_bound(&status);
+        Ok(())
+    }
+
+    /// The card is bound: records where it is and its DRM and fbdev nodes, the one place
+    /// that bookkeeping is done (after a boot, the boot scenario and a wait-bound step).
+    pub fn record_bound(&mut self, status: &CardStatus) {
         self.pci_address.clone_from(&status.pci_address);
         self.drm_node = status.drm.first().cloned();
         self.fb_node = status.fb.first().cloned();
         self.ever_bound = true;
-        Ok(())
+    }
+
+    /// Counts the card's vblank interrupts over one second: (count before, count after).
+    pub async fn vblank_probe(&mut self) -> Result<(u64, u64)> {
+        // A DRM driver requests its IRQ under its drm_driver name, which is the PCI driver's
+        // name without the "-drm" suffix ("hibmc" for hibmc-drm).
+        let name = self
+            .cfg
+            .model
+            .linux_driver()
+            .trim_end_matches("-drm")
+            .to_string();
+        let before = self.irq_count(&name).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = self.irq_count(&name).await?;
+        Ok((before, after))
     }
 
     /// Saves what the card shows to `path` once fbcon has drawn something; returns the ink
@@ -717,12 +739,9 @@ async fn boot_checks(session: &mut Session, run: &mut ScenarioRun) -> Result<()>
     run.step(session, "wait-bound");
     let bind_timeout = session.cfg.bind_timeout;
     let status = session.wait_bound(bind_timeout).await?;
+    session.record_bound(&status);
     run.driver_bound = true;
     run.pci_address.clone_from(&status.pci_address);
-    session.pci_address.clone_from(&run.pci_address);
-    session.ever_bound = true;
-    session.drm_node = status.drm.first().cloned();
-    session.fb_node = status.fb.first().cloned();
     print_step(&format!(
         "{} bound to {}",
         session.cfg.model.linux_driver(),
@@ -791,9 +810,7 @@ async fn boot_checks(session: &mut Session, run: &mut ScenarioRun) -> Result<()>
 
     if session.cfg.model == ModelKind::Hibmc {
         run.step(session, "vblank");
-        let a = session.irq_count("hibmc").await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let b = session.irq_count("hibmc").await?;
+        let (a, b) = session.vblank_probe().await?;
         run.observe("vblank_irqs_per_s", b.saturating_sub(a));
         run.observe("vblank_irqs_total", b);
         // Vblank IRQs flow only while something waits for vblank (fbcon's modeset did); after
