@@ -39,6 +39,8 @@ pub static INFO: ModelInfo = ModelInfo {
     name: "bochs",
     linux_driver: "bochs-drm",
     linux_module: "bochs",
+    // Its probe ends by setting up the fbdev client (drm_fbdev_generic/ttm_setup, drm_client_setup).
+    emulates_fbdev: true,
     pci_id: (VENDOR_ID, DEVICE_ID),
     default_vram_size: DEFAULT_VRAM_SIZE,
     vram_bar: VRAM_BAR,

@@ -48,6 +48,8 @@ pub static INFO: ModelInfo = ModelInfo {
     name: "hibmc",
     linux_driver: "hibmc-drm",
     linux_module: "hibmc-drm",
+    // Its probe ends by setting up the fbdev client (drm_fbdev_generic/ttm_setup, drm_client_setup).
+    emulates_fbdev: true,
     pci_id: (VENDOR_ID, DEVICE_ID),
     default_vram_size: DEFAULT_VRAM_SIZE,
     vram_bar: VRAM_BAR,

@@ -57,6 +57,11 @@ impl ModelKind {
         self.info().linux_module
     }
 
+    /// Whether the driver provides an fbdev node (see [`ModelInfo::emulates_fbdev`]).
+    pub fn emulates_fbdev(self) -> bool {
+        self.info().emulates_fbdev
+    }
+
     /// `vendor:device` as lspci prints it.
     pub fn pci_id(self) -> (u16, u16) {
         self.info().pci_id
@@ -81,6 +86,9 @@ pub struct ModelInfo {
     pub linux_driver: &'static str,
     /// The module to load for that driver.
     pub linux_module: &'static str,
+    /// The driver sets up DRM's fbdev emulation, so a bound card gets an fb node (on a kernel
+    /// built with CONFIG_DRM_FBDEV_EMULATION), a little after its DRM node.
+    pub emulates_fbdev: bool,
     /// (vendor, device).
     pub pci_id: (u16, u16),
     pub default_vram_size: u64,

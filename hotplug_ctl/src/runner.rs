@@ -157,6 +157,10 @@ pub struct Session {
 }
 
 const AGENT_WAIT: Duration = Duration::from_secs(30);
+/// How long after the driver bound (and its DRM node appeared) an fbdev-emulating card's fb node
+/// may take to show: the fbdev client is set up at the end of probe. A kernel without fbdev
+/// emulation never shows one, so the wait then carries on without it.
+const FB_NODE_GRACE: Duration = Duration::from_secs(5);
 
 impl Session {
     /// Sends one request to the guest agent; an error reply or a timeout is `AgentError`.
@@ -184,12 +188,26 @@ impl Session {
     pub async fn wait_bound(&mut self, wait: Duration) -> Result<CardStatus> {
         let deadline = Instant::now() + wait;
         let driver = self.cfg.model.linux_driver();
+        let wants_fb = self.cfg.model.emulates_fbdev();
+        // When the driver and DRM node were first seen: the fb node gets FB_NODE_GRACE from then.
+        let mut bound_at: Option<Instant> = None;
         loop {
             let status = self.card_status().await?;
-            if status.driver.as_deref() == Some(driver) && !status.drm.is_empty() {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
+            let bound = status.driver.as_deref() == Some(driver) && !status.drm.is_empty();
+            if bound {
+                let since = *bound_at.get_or_insert_with(Instant::now);
+                let waited = since.elapsed();
+                if !wants_fb || !status.fb.is_empty() || waited >= FB_NODE_GRACE {
+                    if wants_fb && status.fb.is_empty() {
+                        log::debug!("{driver} bound; no fb node within {FB_NODE_GRACE:?}");
+                    }
+                    return Ok(status);
+                }
+                if Instant::now() > deadline {
+                    // The driver is bound: a missing fb node is not this wait's failure.
+                    return Ok(status);
+                }
+            } else if Instant::now() > deadline {
                 let what = match (status.present, status.driver.as_deref()) {
                     (false, _) => "the card is not on the guest's PCI bus".to_string(),
                     (true, None) => format!(
@@ -208,11 +226,33 @@ impl Session {
     /// Waits for the driver after a fresh boot and records where the card is.
     pub async fn adopt_card(&mut self, wait: Duration) -> Result<()> {
         let status = self.wait_bound(wait).await?;
+        self.record_bound(&status);
+        Ok(())
+    }
+
+    /// The card is bound: records where it is and its DRM and fbdev nodes, the one place
+    /// that bookkeeping is done (after a boot, the boot scenario and a wait-bound step).
+    pub fn record_bound(&mut self, status: &CardStatus) {
         self.pci_address.clone_from(&status.pci_address);
         self.drm_node = status.drm.first().cloned();
         self.fb_node = status.fb.first().cloned();
         self.ever_bound = true;
-        Ok(())
+    }
+
+    /// Counts the card's vblank interrupts over one second: (count before, count after).
+    pub async fn vblank_probe(&mut self) -> Result<(u64, u64)> {
+        // A DRM driver requests its IRQ under its drm_driver name, which is the PCI driver's
+        // name without the "-drm" suffix ("hibmc" for hibmc-drm).
+        let name = self
+            .cfg
+            .model
+            .linux_driver()
+            .trim_end_matches("-drm")
+            .to_string();
+        let before = self.irq_count(&name).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = self.irq_count(&name).await?;
+        Ok((before, after))
     }
 
     /// Saves what the card shows to `path` once fbcon has drawn something; returns the ink
@@ -310,6 +350,12 @@ impl ScenarioRun {
         self.rig_error = Some(p);
     }
 
+    /// Waits until the kernel has finished printing a report this scenario's log ends in, so
+    /// that `finish` (and the reboot or stop after it) does not cut its trace.
+    pub async fn drain_console(&self, session: &Session) {
+        drain_console(&session.vm.console, self.log_mark).await;
+    }
+
     pub fn finish(self, session: &Session) -> ScenarioReport {
         let log = session.vm.console.text_since(self.log_mark);
         let module = session.cfg.model.linux_module().replace('-', "_");
@@ -371,6 +417,38 @@ impl ScenarioRun {
         };
         report.fingerprints = crate::verdict::summarize(&report);
         report
+    }
+}
+
+/// The console is taken as quiet (the kernel done printing) after this long without a line.
+const CONSOLE_QUIET: Duration = Duration::from_secs(2);
+/// The longest a drain waits for a report to end (a kernel spewing without end must not hang
+/// the run).
+const DRAIN_MAX: Duration = Duration::from_secs(15);
+/// How many of the console's last lines a drain before stopping the guest looks at.
+const DRAIN_LINES: usize = 400;
+
+/// Waits while the console's lines from `from` end in a report that has begun but not ended
+/// ([`splat::report_still_open`]), until it ends, the console is quiet for [`CONSOLE_QUIET`],
+/// or [`DRAIN_MAX`] has passed.
+async fn drain_console(console: &crate::qemu::Console, from: usize) {
+    let started = Instant::now();
+    let mut lines = console.mark();
+    let mut last_line_at = Instant::now();
+    while splat::report_still_open(&console.text_since(from)) {
+        if last_line_at.elapsed() >= CONSOLE_QUIET || started.elapsed() >= DRAIN_MAX {
+            log::debug!(
+                "console: a report is still open after {:?}; going on",
+                started.elapsed()
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = console.mark();
+        if now != lines {
+            lines = now;
+            last_line_at = Instant::now();
+        }
     }
 }
 
@@ -654,6 +732,7 @@ pub async fn scenario_boot(session: &mut Session) -> ScenarioReport {
     if let Err(e) = boot_checks(session, &mut run).await {
         run.rig_error(format!("{e:#}"));
     }
+    run.drain_console(session).await;
     run.finish(session)
 }
 
@@ -661,12 +740,9 @@ async fn boot_checks(session: &mut Session, run: &mut ScenarioRun) -> Result<()>
     run.step(session, "wait-bound");
     let bind_timeout = session.cfg.bind_timeout;
     let status = session.wait_bound(bind_timeout).await?;
+    session.record_bound(&status);
     run.driver_bound = true;
     run.pci_address.clone_from(&status.pci_address);
-    session.pci_address.clone_from(&run.pci_address);
-    session.ever_bound = true;
-    session.drm_node = status.drm.first().cloned();
-    session.fb_node = status.fb.first().cloned();
     print_step(&format!(
         "{} bound to {}",
         session.cfg.model.linux_driver(),
@@ -735,9 +811,7 @@ async fn boot_checks(session: &mut Session, run: &mut ScenarioRun) -> Result<()>
 
     if session.cfg.model == ModelKind::Hibmc {
         run.step(session, "vblank");
-        let a = session.irq_count("hibmc").await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let b = session.irq_count("hibmc").await?;
+        let (a, b) = session.vblank_probe().await?;
         run.observe("vblank_irqs_per_s", b.saturating_sub(a));
         run.observe("vblank_irqs_total", b);
         // Vblank IRQs flow only while something waits for vblank (fbcon's modeset did); after
@@ -783,6 +857,7 @@ pub async fn run_scenario(session: &mut Session, scenario: &Scenario) -> Scenari
         session.clients.remove(&name);
     }
     session.client_final.clear();
+    run.drain_console(session).await;
     run.finish(session)
 }
 
@@ -920,6 +995,8 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
 
 /// Powers the guest off and stops everything.
 pub async fn shutdown(mut session: Session) {
+    let console = &session.vm.console;
+    drain_console(console, console.mark().saturating_sub(DRAIN_LINES)).await;
     let _ = session.qmp.execute("quit", serde_json::json!({})).await;
     session.vm.stop(Duration::from_secs(5)).await;
     if let Some(server) = session.server.take() {

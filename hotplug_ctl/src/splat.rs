@@ -163,6 +163,19 @@ const STACKS: usize = 8;
 /// All splats in a full console log, in order of their first line. See the module documentation
 /// for the formats and the decisions taken.
 pub fn find_splats(log: &str) -> Vec<Splat> {
+    parse(log).finish()
+}
+
+/// Whether the last report in `log` has begun but not ended: its call trace is not complete yet
+/// (no `---[ end trace`, no `</TASK>`, not enough lines after its frames), so the kernel may
+/// still be printing it. The rig waits on this before it judges a scenario or stops the guest,
+/// so that a slow kernel's trace is not cut.
+pub fn report_still_open(log: &str) -> bool {
+    parse(log).open.iter().any(|o| o.phase != Phase::Done)
+}
+
+/// Feeds every line of `log` to a parser, leaving the incidents still open in it.
+fn parse(log: &str) -> Parser {
     let lines: Vec<&str> = log.split('\n').collect();
     let prefixed = lines.iter().filter(|l| has_prefix(l)).count();
     let nonblank = lines.iter().filter(|l| !l.trim().is_empty()).count();
@@ -176,7 +189,7 @@ pub fn find_splats(log: &str) -> Vec<Splat> {
         }
         parser.feed_line(i + 1, &line);
     }
-    parser.finish()
+    parser
 }
 
 /// The splats that start within lines `first_line..=last_line` (1-based, inclusive), e.g. the
@@ -1279,6 +1292,54 @@ mod tests {
             1,
         );
         assert_eq!(splats[0].time, None);
+    }
+
+    /// The first `n` lines of `text`, as the console holds them while a report is printed.
+    fn first_lines(text: &str, n: usize) -> String {
+        text.split('\n').take(n).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn a_report_being_printed_is_still_open() {
+        let arm64_warn = include_str!("../tests/fixtures/splats/seed_hibmc_warn.txt");
+        // Cut right after `Call trace:` (line 24), as a slow KASAN kernel's WARN was.
+        assert!(report_still_open(&first_lines(arm64_warn, 24)));
+        // In the middle of its frames.
+        assert!(report_still_open(&first_lines(arm64_warn, 40)));
+        // A cut-here line alone: the WARNING line is yet to come.
+        let cut = "[   79.501877] ------------[ cut here ]------------";
+        assert!(report_still_open(cut));
+        // The headline alone.
+        assert!(report_still_open(&first_lines(arm64_warn, 1)));
+        // Up to and with its `---[ end trace` line (53): ended.
+        assert!(!report_still_open(&first_lines(arm64_warn, 53)));
+        assert!(!report_still_open(&first_lines(arm64_warn, 108)));
+        // The fixture ends on the next report's cut-here line.
+        assert!(report_still_open(arm64_warn));
+        // x86: the trace ends with `</TASK>` even before its end-trace line.
+        let x86 = include_str!("../tests/fixtures/splats/truncated.txt");
+        assert!(report_still_open(&first_lines(x86, 10)));
+        assert!(!report_still_open(&first_lines(x86, 18)));
+        assert!(!report_still_open(&first_lines(x86, 19)));
+        // The next report's headline opens one again.
+        assert!(report_still_open(&first_lines(x86, 20)));
+        // The fixture's second report (an Oops) is cut in its trace.
+        assert!(report_still_open(x86));
+    }
+
+    #[test]
+    fn logs_without_an_unfinished_report_are_not_open() {
+        assert!(!report_still_open(""));
+        assert!(!report_still_open(include_str!(
+            "../tests/fixtures/splats/clean_boot.txt"
+        )));
+        for text in [
+            include_str!("../tests/fixtures/splats/kasan.txt"),
+            include_str!("../tests/fixtures/splats/refcount.txt"),
+            include_str!("../tests/fixtures/splats/oops_x86_panic.txt"),
+        ] {
+            assert!(!report_still_open(text), "{text}");
+        }
     }
 
     #[test]

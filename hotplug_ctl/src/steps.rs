@@ -524,15 +524,7 @@ impl Session {
                 }
             }
             Condition::Vblank => {
-                let name = self
-                    .cfg
-                    .model
-                    .linux_driver()
-                    .trim_end_matches("-drm")
-                    .to_string();
-                let a = self.irq_count(&name).await?;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let b = self.irq_count(&name).await?;
+                let (a, b) = self.vblank_probe().await?;
                 run.observe("vblank_irqs_per_s", b.saturating_sub(a));
                 if b <= a {
                     return fail(format!(
@@ -675,12 +667,9 @@ impl Session {
         match step {
             Step::WaitBound(wait) => match self.wait_bound(*wait).await {
                 Ok(status) => {
-                    self.pci_address.clone_from(&status.pci_address);
-                    self.drm_node = status.drm.first().cloned();
-                    self.fb_node = status.fb.first().cloned();
-                    run.pci_address.clone_from(&self.pci_address);
+                    self.record_bound(&status);
+                    run.pci_address.clone_from(&status.pci_address);
                     run.driver_bound = true;
-                    self.ever_bound = true;
                 }
                 Err(e) if self.ever_bound => return fail(format!("{e:#}")),
                 Err(e) => {
