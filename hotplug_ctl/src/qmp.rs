@@ -22,6 +22,19 @@ pub struct Qmp {
     events: VecDeque<Value>,
 }
 
+/// Nothing arrived from QEMU within the wait (as opposed to a broken connection, which is
+/// the rig's failure, not the guest's): find it with `err.downcast_ref::<NoEvent>()`.
+#[derive(Debug)]
+pub struct NoEvent(pub Duration);
+
+impl std::fmt::Display for NoEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QMP: no message within {:?}", self.0)
+    }
+}
+
+impl std::error::Error for NoEvent {}
+
 impl Qmp {
     /// Connects to QEMU's `-qmp unix:PATH,server=on,wait=off` socket, retrying until `wait`
     /// runs out (QEMU creates it a moment after it starts).
@@ -44,7 +57,7 @@ impl Qmp {
     async fn next_message(&mut self, wait: Duration) -> Result<Value> {
         let line = timeout(wait, self.reader.next_line())
             .await
-            .map_err(|_| anyhow!("QMP: no message within {wait:?}"))??
+            .map_err(|_| anyhow::Error::new(NoEvent(wait)))??
             .ok_or_else(|| anyhow!("QMP: QEMU closed the connection"))?;
         serde_json::from_str(&line).with_context(|| format!("QMP: bad JSON: {line}"))
     }
@@ -100,7 +113,7 @@ impl Qmp {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                bail!("no {name} event within {wait:?}");
+                return Err(anyhow::Error::new(NoEvent(wait)).context(format!("no {name} event")));
             }
             let msg = self
                 .next_message(left)

@@ -91,7 +91,15 @@ impl Slot {
         })
         .await
         .map(|_| ())
-        .map_err(|_| UnplugError::NotReleased(wait))
+        .map_err(|e| {
+            // Only a wait that ran out is the guest's doing; QEMU closing the socket (it died)
+            // or a bad message is the rig's.
+            if e.downcast_ref::<crate::qmp::NoEvent>().is_some() {
+                UnplugError::NotReleased(wait)
+            } else {
+                UnplugError::Qmp(e)
+            }
+        })
     }
 }
 
