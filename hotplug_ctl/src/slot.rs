@@ -82,9 +82,26 @@ impl Slot {
     /// Presses the slot's attention button (`device_del`) and waits up to `wait` until the
     /// guest has released it and QEMU dropped the device (`DEVICE_DELETED`).
     pub async fn unplug(&self, qmp: &mut Qmp, wait: Duration) -> Result<(), UnplugError> {
-        qmp.execute("device_del", json!({ "id": self.device_id }))
-            .await
-            .map_err(UnplugError::Qmp)?;
+        // pciehp refuses the button while it is still finishing the previous hot-add
+        // (QEMU: "guest is busy (power indicator blinking)"): a quick unplug after a replug
+        // meets that on a slow guest. QMP gives only a GenericError with that text, so the
+        // text is what tells it apart; other errors are the rig's.
+        let busy_until = tokio::time::Instant::now() + wait.min(Duration::from_secs(20));
+        loop {
+            match qmp
+                .execute("device_del", json!({ "id": self.device_id }))
+                .await
+            {
+                Ok(_) => break,
+                Err(e)
+                    if format!("{e:#}").contains("guest is busy")
+                        && tokio::time::Instant::now() < busy_until =>
+                {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(UnplugError::Qmp(e)),
+            }
+        }
         let id = self.device_id.as_str();
         qmp.wait_event("DEVICE_DELETED", wait, |d| {
             d.get("device").and_then(Value::as_str) == Some(id)
