@@ -15,6 +15,7 @@ use crate::control::Request;
 use crate::qemu::{Console, InProcessCard, Vm, VmConfig, CARD_ID, ROOT_PORT_ID};
 use crate::qmp::Qmp;
 use crate::runner::{start_card, Rig, RunConfig};
+use crate::slot::Slot;
 use guest_protocol::{Reply as GuestReply, Request as GuestRequest};
 
 use super::stats;
@@ -371,27 +372,10 @@ impl Guest {
             server.request(&Request::Dead).await?;
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        // pciehp refuses a button press while the power indicator still blinks from the last
-        // hot-add; retry for a while (the wait counts in this cycle's time).
-        let busy_until = Instant::now() + Duration::from_secs(20);
-        loop {
-            match self
-                .qmp
-                .execute("device_del", json!({ "id": CARD_ID }))
-                .await
-            {
-                Ok(_) => break,
-                Err(e) if format!("{e:#}").contains("busy") && Instant::now() < busy_until => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        self.qmp
-            .wait_event("DEVICE_DELETED", PCIEHP_WAIT, |d| {
-                d.get("device").and_then(Value::as_str) == Some(CARD_ID)
-            })
-            .await?;
+        // Slot::unplug retries the button while pciehp still finishes the last hot-add (the
+        // wait counts in this cycle's time).
+        let slot = Slot::default();
+        slot.unplug(&mut self.qmp, PCIEHP_WAIT).await?;
         let args = match self.card {
             Card::Vanish => {
                 if let Some(old) = self.server.take() {
@@ -405,12 +389,7 @@ impl Guest {
                     &self.cfg.out.join("server.log"),
                 )
                 .await?;
-                let args = json!({
-                    "driver": "vfio-user-pci",
-                    "id": CARD_ID,
-                    "bus": ROOT_PORT_ID,
-                    "socket": { "type": "unix", "path": server.socket },
-                });
+                let args = slot.device_json(&server.socket);
                 self.server = Some(server);
                 args
             }
