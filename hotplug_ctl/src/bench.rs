@@ -853,9 +853,11 @@ mod tests {
 
     #[test]
     fn the_in_process_card_sits_on_the_hotplug_port() {
+        let card =
+            InProcessCard::BochsDisplay { vram_mib: 16 }.device_json(&crate::slot::Slot::default());
         assert_eq!(
-            InProcessCard::BochsDisplay { vram_mib: 16 }.device_arg(),
-            "bochs-display,id=gpu0,bus=rp1,vgamem=16M"
+            card.to_string(),
+            r#"{"bus":"rp1","driver":"bochs-display","id":"gpu0","vgamem":16777216}"#
         );
     }
 }

@@ -5,6 +5,7 @@ pub mod accel;
 pub mod agent;
 pub mod bench;
 pub mod card;
+pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod fingerprint;
@@ -18,10 +19,11 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod serve;
+pub mod session;
 pub mod shell;
 pub mod slot;
 pub mod splat;
-pub mod steps;
+
 pub mod verdict;
 
 /// `--arch`'s values: one name per architecture (`aarch64`, `x86_64`), with Debian's names
@@ -83,6 +85,11 @@ pub async fn connect_unix(
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
         }
     }
+}
+
+/// One line of progress on stderr, for the steps of a long run.
+pub(crate) fn say(msg: &str) {
+    eprintln!("vanish: {msg}");
 }
 
 #[cfg(test)]

@@ -69,10 +69,10 @@ enum Cmd {
         #[arg(long)]
         qmp: Option<PathBuf>,
         /// QEMU id of the card device.
-        #[arg(long, default_value = hotplug_ctl::qemu::CARD_ID)]
+        #[arg(long, default_value = hotplug_ctl::slot::CARD_ID)]
         device_id: String,
         /// QEMU id of the root port the card sits on.
-        #[arg(long, default_value = hotplug_ctl::qemu::ROOT_PORT_ID)]
+        #[arg(long, default_value = hotplug_ctl::slot::ROOT_PORT_ID)]
         bus: String,
         #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
         verb: Vec<String>,

@@ -12,10 +12,7 @@ use tokio::process::{Child, Command};
 
 use crate::accel::{self, Accel};
 use crate::guest::AGENT_PORT;
-
-/// The QEMU id of the card and of the hotplug-capable root port it sits on.
-pub const CARD_ID: &str = "gpu0";
-pub const ROOT_PORT_ID: &str = "rp1";
+use crate::slot::Slot;
 
 /// A display card QEMU emulates in its own process: the baseline vanish is measured against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,12 +22,15 @@ pub enum InProcessCard {
 }
 
 impl InProcessCard {
-    /// The `-device` argument that puts it on the hotplug root port as `CARD_ID`.
-    pub fn device_arg(self) -> String {
+    /// QEMU's description of this card in `slot`, for `-device` at boot and `device_add`.
+    pub fn device_json(self, slot: &Slot) -> serde_json::Value {
         match self {
-            InProcessCard::BochsDisplay { vram_mib } => {
-                format!("bochs-display,id={CARD_ID},bus={ROOT_PORT_ID},vgamem={vram_mib}M")
-            }
+            InProcessCard::BochsDisplay { vram_mib } => serde_json::json!({
+                "driver": "bochs-display",
+                "id": slot.device_id,
+                "bus": slot.port_id,
+                "vgamem": u64::from(vram_mib) << 20,
+            }),
         }
     }
 }
@@ -61,6 +61,7 @@ pub struct VmConfig {
 
 /// QEMU's command line (after the program and its prefix arguments).
 pub fn args(cfg: &VmConfig) -> Vec<String> {
+    let slot = Slot::default();
     let mem = format!("{}M", cfg.memory_mib);
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
@@ -104,17 +105,15 @@ pub fn args(cfg: &VmConfig) -> Vec<String> {
     push(&[
         "-device",
         &format!(
-            "pcie-root-port,id={ROOT_PORT_ID},bus=pcie.0,chassis=1,slot=1,mem-reserve=8M,pref32-reserve=64M"
+            "pcie-root-port,id={},bus=pcie.0,chassis=1,slot=1,mem-reserve=8M,pref32-reserve=64M",
+            slot.port_id
         ),
     ]);
     if let Some(socket) = &cfg.card_socket {
-        push(&[
-            "-device",
-            &crate::serve::device_arg(socket, CARD_ID, ROOT_PORT_ID),
-        ]);
+        push(&["-device", &slot.device_json(socket).to_string()]);
     }
     if let Some(card) = cfg.in_process_card {
-        push(&["-device", &card.device_arg()]);
+        push(&["-device", &card.device_json(&slot).to_string()]);
     }
     push(&[
         "-device",

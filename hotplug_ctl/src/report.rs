@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::fingerprint::Subsystem;
 use crate::splat::{Splat, SplatKind};
-use crate::verdict::ScenarioResult;
 
 /// The card's state when a splat was raised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -312,5 +311,32 @@ impl Report {
             .map(|s| s.result)
             .max()
             .unwrap_or(ScenarioResult::Error)
+    }
+}
+
+/// A scenario's judged outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ScenarioResult {
+    // In order of severity (`Ord` follows it): the worst result is the run's.
+    #[default]
+    Pass,
+    Known,
+    Fixed,
+    Flake,
+    Fail,
+    Error,
+}
+
+impl ScenarioResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScenarioResult::Pass => "pass",
+            ScenarioResult::Fail => "fail",
+            ScenarioResult::Known => "known",
+            ScenarioResult::Flake => "flake",
+            ScenarioResult::Fixed => "fixed",
+            ScenarioResult::Error => "error",
+        }
     }
 }

@@ -19,13 +19,6 @@ pub struct ServeConfig {
     pub no_monitor: bool,
 }
 
-/// The `-device` argument that attaches QEMU to a server on `socket`.
-pub fn device_arg(socket: &Path, id: &str, bus: &str) -> String {
-    crate::slot::Slot::new(id, bus)
-        .device_json(socket)
-        .to_string()
-}
-
 /// A bad card option or path: `vanish` exits 2 (usage) for it, not 125.
 #[derive(Debug)]
 pub struct UsageError(pub String);
@@ -122,11 +115,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     );
     println!(
         "attach it with:\n  -device '{}'",
-        device_arg(
-            &config.socket,
-            crate::qemu::CARD_ID,
-            crate::qemu::ROOT_PORT_ID,
-        )
+        crate::slot::Slot::default().device_json(&config.socket)
     );
     if let Some(control) = &config.control {
         println!(

@@ -7,8 +7,12 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::qemu::{CARD_ID, ROOT_PORT_ID};
 use crate::qmp::Qmp;
+
+/// The QEMU id of the card `vanish run` boots with, and of the hotplug-capable root port it
+/// sits on.
+pub const CARD_ID: &str = "gpu0";
+pub const ROOT_PORT_ID: &str = "rp1";
 
 /// pciehp waits 5 s after the attention button before powering the slot off or on; a slot
 /// that has not changed 30 s later will not.

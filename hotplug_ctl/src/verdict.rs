@@ -43,32 +43,7 @@ use crate::report::{
     CardPhase, FingerprintSummary, Report, RunsSummary, ScenarioReport, SplatStatus, Verdict,
 };
 
-/// A scenario's judged outcome.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum ScenarioResult {
-    // In order of severity (`Ord` follows it): the worst result is the run's.
-    #[default]
-    Pass,
-    Known,
-    Fixed,
-    Flake,
-    Fail,
-    Error,
-}
-
-impl ScenarioResult {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ScenarioResult::Pass => "pass",
-            ScenarioResult::Fail => "fail",
-            ScenarioResult::Known => "known",
-            ScenarioResult::Flake => "flake",
-            ScenarioResult::Fixed => "fixed",
-            ScenarioResult::Error => "error",
-        }
-    }
-}
+pub use crate::report::ScenarioResult;
 
 /// Fingerprints of splats that only say the card stopped answering.
 const DEAD_HARDWARE: &[&str] = &[

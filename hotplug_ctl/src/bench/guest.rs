@@ -12,9 +12,10 @@ use serde_json::{json, Value};
 use crate::agent::Guest as Agent;
 use crate::card::Card as CardServer;
 use crate::control::Request;
-use crate::qemu::{Console, InProcessCard, Vm, VmConfig, CARD_ID, ROOT_PORT_ID};
+use crate::qemu::{Console, InProcessCard, Vm, VmConfig};
 use crate::qmp::Qmp;
-use crate::runner::{start_card, Rig, RunConfig};
+use crate::runner::{Rig, RunConfig};
+use crate::session::start_card;
 use crate::slot::Slot;
 use guest_protocol::{Reply as GuestReply, Request as GuestRequest};
 
@@ -393,12 +394,7 @@ impl Guest {
                 self.server = Some(server);
                 args
             }
-            Card::InProcess(InProcessCard::BochsDisplay { vram_mib }) => json!({
-                "driver": "bochs-display",
-                "id": CARD_ID,
-                "bus": ROOT_PORT_ID,
-                "vgamem": u64::from(vram_mib) << 20,
-            }),
+            Card::InProcess(card) => card.device_json(&slot),
         };
         self.qmp.execute("device_add", args).await?;
         let deadline = Instant::now() + PCIEHP_WAIT;

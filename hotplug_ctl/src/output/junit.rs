@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use anyhow::{Context, Result};
 use quick_junit::{NonSuccessKind, Property, TestCase, TestCaseStatus, TestSuite};
 
-use super::{file_name, first_line_of, headline, seconds};
+use super::text::{file_name, first_line_of, headline, seconds};
 use crate::report::{Report, ScenarioReport, SplatStatus, Verdict};
 use crate::verdict::ScenarioResult;
 

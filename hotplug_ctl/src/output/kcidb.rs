@@ -23,7 +23,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
-use super::{file_name, headline, sanitize, seconds};
+use super::text::{file_name, headline, sanitize, seconds};
 use crate::report::{Report, ScenarioReport, Verdict};
 
 /// The KCIDB I/O schema version written.

@@ -1,22 +1,24 @@
 //! What a run's [`Report`] becomes besides report.json: the table printed at the end
 //! ([`table`]), JUnit XML for CI test reporters ([`junit`]) and KCIDB JSON for KernelCI's common
-//! results database ([`kcidb`]). Each format lives in its own file; this one holds what they
-//! share: writing the files, the scenario headline, the name sanitiser and small conversions.
+//! results database ([`kcidb`]). Each format lives in its own file; this one writes the files;
+//! [`text`] holds what the formats share (the scenario headline, the name sanitiser, small
+//! conversions).
 
 pub mod junit;
 pub mod kcidb;
 pub mod table;
+pub mod text;
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::report::{Report, ScenarioReport};
+use crate::report::Report;
 
 pub use junit::{junit, JUNIT_LOG_LINES};
 pub use kcidb::{kcidb, valid_origin, KcidbMeta, KCIDB_LOG_EXCERPT_MAX, KCIDB_VERSION};
 pub use table::table;
+pub use text::sanitize;
 
 /// Writes the JUnit XML and/or KCIDB JSON for `report`. `meta.origin` names the submitting CI
 /// system in KCIDB ids (`origin:id`); it must match `^[a-z0-9_]+$`.
@@ -43,55 +45,9 @@ pub fn write_outputs(
     Ok(())
 }
 
-/// Makes `name` fit a format's character set: each character `allowed` rejects becomes `_`, and
-/// an empty result becomes `if_empty`. The one sanitiser behind KCIDB's origins, ids, test path
-/// segments and architecture names (each format passes its own rule).
-pub fn sanitize(name: &str, allowed: impl Fn(char) -> bool, if_empty: &str) -> String {
-    let s: String = name
-        .chars()
-        .map(|c| if allowed(c) { c } else { '_' })
-        .collect();
-    if s.is_empty() {
-        if_empty.to_string()
-    } else {
-        s
-    }
-}
-
-/// What a failed or errored scenario's one-line summary says: its first splat (the kernel's own
-/// evidence), else its first problem. Problems and splats are separate lists in the report.
-fn headline(s: &ScenarioReport) -> Option<String> {
-    match (s.splats.first(), s.problems.first()) {
-        (Some(f), _) => Some(format!(
-            "{} during '{}': {}",
-            f.splat.kind.as_str(),
-            f.step,
-            f.splat.first_line
-        )),
-        (None, Some(p)) => Some(first_line_of(p).to_string()),
-        (None, None) => None,
-    }
-}
-
-/// The last component of a path: reports carry no absolute local paths.
-fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-fn first_line_of(s: &str) -> &str {
-    s.lines().next().unwrap_or("")
-}
-
-/// A duration from seconds that may come from a hand-edited report: None if negative, NaN or
-/// too large (`Duration::from_secs_f64` would panic).
-fn seconds(s: f64) -> Option<Duration> {
-    Duration::try_from_secs_f64(s).ok()
-}
-
 #[cfg(test)]
 mod tests {
+    use super::text::headline;
     use super::*;
     use fixtures::*;
 

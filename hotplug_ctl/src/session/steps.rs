@@ -14,10 +14,12 @@ use guest_protocol::{
 };
 use serde_json::Value;
 
+use super::{ScenarioRun, Session, AGENT_WAIT};
 use crate::agent::AgentError;
+use crate::control::Request;
 use crate::report::CardPhase;
-use crate::runner::{ScenarioRun, Session};
-use crate::scenario::{ClientKind, Condition, Exec, MappingState, Removal, Step};
+use crate::report::ScenarioReport;
+use crate::scenario::{ClientKind, Condition, Exec, MappingState, Removal, Scenario, Step};
 use crate::slot::{Slot, UnplugError, PCIEHP_WAIT};
 
 /// Why a step did not hold.
@@ -134,7 +136,7 @@ impl Session {
             old.stop().await;
         }
         self.server_generation += 1;
-        let server = crate::runner::start_card(
+        let server = super::start_card(
             &self.cfg,
             self.dir.path(),
             self.server_generation,
@@ -755,4 +757,139 @@ fn started_text(id: &str, pid: i32, report: &Option<ClientReport>) -> String {
         Some(r) => format!("started {id} pid={pid}\n{}", r.to_value()),
         None => format!("started {id} pid={pid}"),
     }
+}
+
+/// The `boot` scenario: the driver binds to our card, draws fbcon, (hibmc) takes vblank IRQs.
+pub async fn scenario_boot(session: &mut Session) -> ScenarioReport {
+    let mut run = ScenarioRun::begin("boot", session, true);
+    session.fresh = false;
+    if let Err(e) = boot_checks(session, &mut run).await {
+        run.rig_error(format!("{e:#}"));
+    }
+    run.drain_console(session).await;
+    run.finish(session)
+}
+
+async fn boot_checks(session: &mut Session, run: &mut ScenarioRun) -> Result<()> {
+    run.step(session, "wait-bound");
+    let bind_timeout = session.cfg.bind_timeout;
+    let status = session.wait_bound(bind_timeout).await?;
+    session.record_bound(&status);
+    run.driver_bound = true;
+    run.pci_address.clone_from(&status.pci_address);
+    crate::say(&format!(
+        "{} bound to {}",
+        session.cfg.model.linux_driver(),
+        run.pci_address.as_deref().unwrap_or("?")
+    ));
+    for (key, value) in [
+        ("pci_address", &status.pci_address),
+        ("parent", &status.parent),
+        ("parent_id", &status.parent_id),
+        ("parent_class", &status.parent_class),
+        ("command", &status.command),
+        ("drm", &status.drm.first().cloned()),
+        ("fb0_size", &status.fb0_size),
+        ("irq", &status.irq),
+    ] {
+        if let Some(v) = value {
+            run.observe(key, v.as_str());
+        }
+    }
+    let (vendor, device) = session.cfg.model.pci_id();
+    let probed = match session
+        .ask(&GuestRequest::ProbeModes { vendor, device }, AGENT_WAIT)
+        .await?
+    {
+        GuestReply::Connectors(c) => c,
+        other => bail!("agent: probe-modes answered {other:?}"),
+    };
+    let lines = |f: fn(&guest_protocol::Connector) -> String| -> Vec<String> {
+        probed.iter().map(f).collect()
+    };
+    run.observe("connectors", lines(guest_protocol::Connector::status_line));
+    run.observe("modes", lines(guest_protocol::Connector::modes_line));
+    run.observe("fb0", status.fb0);
+    run.observe("dri_card0", status.dri_card0);
+    if !status.fb0 {
+        run.fail("/dev/fb0 does not exist: no fbdev emulation on our card");
+    }
+    if !status.dri_card0 {
+        run.fail("/dev/dri/card0 does not exist");
+    }
+    // The card sits behind the hotplug root port (QEMU's pcie-root-port is 1b36:000c).
+    if status.parent_id.as_deref() != Some("0x1b36:0x000c") {
+        run.fail(format!(
+            "the card is not behind the pcie-root-port (parent {:?})",
+            status.parent_id.as_deref()
+        ));
+    }
+
+    run.step(session, "screenshot");
+    let shot = session.cfg.out.join("screenshot.png");
+    let ink = session.screenshot(&shot, Duration::from_secs(30)).await?;
+    run.observe("screenshot_ink", ink);
+    run.screenshot = Some(shot);
+    if let Some(server) = &session.server {
+        if let Ok(reply) = server.request(&Request::Status).await {
+            if let Some(st) = reply.status {
+                run.observe("scanout", st.scanout.clone().unwrap_or_default());
+                run.observe("unimplemented_accesses", st.unimplemented_accesses);
+                run.observe(
+                    "registers",
+                    serde_json::to_value(&st.registers).unwrap_or_default(),
+                );
+            }
+        }
+    }
+
+    if session.cfg.model == ModelKind::Hibmc {
+        run.step(session, "vblank");
+        let (a, b) = session.vblank_probe().await?;
+        run.observe("vblank_irqs_per_s", b.saturating_sub(a));
+        run.observe("vblank_irqs_total", b);
+        // Vblank IRQs flow only while something waits for vblank (fbcon's modeset did); after
+        // it they may stop (drm_vblank_off), so the total since boot is what is judged: none
+        // at all means the driver's MSIs never arrived (Bus Master Enable off).
+        if b == 0 {
+            run.fail("no vblank interrupt arrived while fbcon set its mode (the card's MSIs are lost: is Bus Master Enable set?)");
+        }
+    }
+    Ok(())
+}
+
+/// Runs one scenario's steps; the first step that does not hold ends it.
+pub async fn run_scenario(session: &mut Session, scenario: &Scenario) -> ScenarioReport {
+    crate::say(&format!("scenario {}", scenario.name));
+    let mut run = ScenarioRun::begin(&scenario.name, session, session.fresh);
+    session.fresh = false;
+    session.phase = CardPhase::Present;
+    run.driver_bound = session.ever_bound;
+    run.pci_address.clone_from(&session.pci_address);
+    for step in &scenario.steps {
+        match session.run_step(&mut run, step).await {
+            Ok(()) => {}
+            Err(StepError::Fail(m)) => {
+                run.fail(format!("{step}: {m}"));
+                break;
+            }
+            Err(StepError::Rig(m)) => {
+                run.rig_error(format!("{step}: {m}"));
+                break;
+            }
+        }
+    }
+    // Clients the scenario left running are closed so the next scenario starts clean.
+    let leftover: Vec<String> = session.clients.keys().cloned().collect();
+    for name in leftover {
+        let stop = GuestRequest::ClientStop {
+            id: name.clone(),
+            timeout_ms: 5000,
+        };
+        let _ = session.ask(&stop, Duration::from_secs(15)).await;
+        session.clients.remove(&name);
+    }
+    session.client_final.clear();
+    run.drain_console(session).await;
+    run.finish(session)
 }
