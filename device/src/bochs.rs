@@ -14,7 +14,7 @@ use vram_bar::{PixelFormat, Scanout, Vram};
 
 use crate::regs::{self, Register, Registers, Written};
 use crate::{
-    CardCore, CardOptions, DataPath, Interrupts, ModelError, ModelInfo, ModelKind, RegisterCard,
+    CardCore, CardSpec, DataPath, Interrupts, ModelError, ModelInfo, ModelKind, RegisterCard,
 };
 
 pub const VENDOR_ID: u16 = 0x1234;
@@ -43,6 +43,7 @@ pub static INFO: ModelInfo = ModelInfo {
     emulates_fbdev: true,
     pci_id: (VENDOR_ID, DEVICE_ID),
     default_vram_size: DEFAULT_VRAM_SIZE,
+    min_vram_size: MIN_VRAM_SIZE,
     vram_bar: VRAM_BAR,
     register_bar: MMIO_BAR,
     msi_vectors: 0,
@@ -131,8 +132,8 @@ pub struct Bochs {
 }
 
 impl Bochs {
-    pub fn new(options: &CardOptions) -> Result<Bochs, ModelError> {
-        let vram = Vram::new(options.vram_size.max(MIN_VRAM_SIZE))?;
+    pub fn new(spec: &CardSpec) -> Result<Bochs, ModelError> {
+        let vram = Vram::new(spec.vram_size())?;
         let identity = PciIdentity {
             vendor_id: VENDOR_ID,
             device_id: DEVICE_ID,
@@ -146,11 +147,7 @@ impl Bochs {
         config.add_capability(Capability::PowerManagement)?;
 
         let mut edid = [0u8; EDID_SIZE as usize];
-        if !options.no_monitor {
-            let blob = match &options.edid {
-                Some(blob) => blob.clone(),
-                None => crate::edid::default_edid(),
-            };
+        if let Some(blob) = spec.monitor().edid() {
             let len = blob.len().min(edid.len());
             edid[..len].copy_from_slice(&blob[..len]);
         }
@@ -241,12 +238,7 @@ mod tests {
     use super::*;
 
     fn card() -> Bochs {
-        Bochs::new(&CardOptions {
-            vram_size: DEFAULT_VRAM_SIZE,
-            edid: None,
-            no_monitor: false,
-        })
-        .unwrap()
+        Bochs::new(&CardSpec::of(ModelKind::Bochs)).unwrap()
     }
 
     fn read16(c: &mut Bochs, off: u64) -> u16 {
@@ -304,12 +296,8 @@ mod tests {
 
     #[test]
     fn no_monitor_serves_no_edid() {
-        let mut c = Bochs::new(&CardOptions {
-            vram_size: DEFAULT_VRAM_SIZE,
-            edid: None,
-            no_monitor: true,
-        })
-        .unwrap();
+        let spec = CardSpec::new(ModelKind::Bochs, None, crate::Monitor::Absent).unwrap();
+        let mut c = Bochs::new(&spec).unwrap();
         let mut hdr = [0xaa; 8];
         c.bar_read(MMIO_BAR, 0, &mut hdr);
         assert_eq!(hdr, [0; 8]);
@@ -365,10 +353,22 @@ mod tests {
     }
 
     /// A 1 KiB EDID blob with no zero run, so EDID bytes are told apart from gaps.
-    fn edid_blob() -> Vec<u8> {
-        (0..EDID_SIZE)
-            .map(|i| (i as u8).wrapping_mul(7) ^ 0x99)
-            .collect()
+    /// The default EDID with one CTA extension block (patterned bytes), checksums fixed.
+    fn two_block_edid() -> Vec<u8> {
+        let mut blob = crate::edid::default_edid()[..128].to_vec();
+        blob[126] = 1;
+        let mut ext: Vec<u8> = (0..128u32).map(|i| (i as u8).wrapping_mul(7) ^ 0x99).collect();
+        ext[0] = 0x02;
+        ext[1] = 0x03;
+        ext[2] = 0x04;
+        for block in [&mut blob, &mut ext] {
+            block[127] = block[..127]
+                .iter()
+                .fold(0u8, |a, b| a.wrapping_add(*b))
+                .wrapping_neg();
+        }
+        blob.extend_from_slice(&ext);
+        blob
     }
 
     /// Every width at every alignment across each block's edges, against the BAR2 layout of
@@ -376,21 +376,22 @@ mod tests {
     #[test]
     fn every_width_at_every_alignment_follows_the_register_map() {
         use crate::regs::conformance::{check, Byte};
-        let edid = edid_blob();
+        // A valid EDID with an extension block fills 256 bytes of the 1 KiB window; the rest
+        // reads as zero.
+        let edid = two_block_edid();
         let make = || -> Box<dyn crate::DeviceModel> {
             Box::new(
-                Bochs::new(&CardOptions {
-                    vram_size: DEFAULT_VRAM_SIZE,
-                    edid: Some(edid_blob()),
-                    no_monitor: false,
-                })
+                Bochs::new(
+                    &CardSpec::new(ModelKind::Bochs, None, crate::Monitor::Edid(two_block_edid()))
+                        .unwrap(),
+                )
                 .unwrap(),
             )
         };
         let dispi = DISPI_BASE..DISPI_BASE + 2 * DISPI_COUNT as u64;
         let memory_64k = (DEFAULT_VRAM_SIZE / 0x10000) as u16;
         let map = |o: u64| match o {
-            o if o < EDID_BASE + EDID_SIZE => Byte::Fixed(edid[o as usize]),
+            o if o < EDID_BASE + EDID_SIZE => Byte::Fixed(edid.get(o as usize).copied().unwrap_or(0)),
             o if (VGA_BASE..VGA_BASE + VGA_SIZE).contains(&o) => Byte::Storage,
             o if (DISPI_BASE..DISPI_BASE + 2).contains(&o) => {
                 Byte::Fixed(DISPI_ID_VALUE.to_le_bytes()[(o & 1) as usize])

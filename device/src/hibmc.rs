@@ -19,7 +19,7 @@ use vram_bar::{PixelFormat, Scanout, Vram};
 use crate::i2c::{BusStats, Eeprom, I2cBus};
 use crate::regs::{self, Register, Registers, Written};
 use crate::{
-    CardCore, CardOptions, DataPath, Interrupts, ModelError, ModelInfo, ModelKind, RegisterCard,
+    CardCore, CardSpec, DataPath, Interrupts, ModelError, ModelInfo, ModelKind, RegisterCard,
 };
 
 pub const VENDOR_ID: u16 = 0x19e5;
@@ -52,6 +52,8 @@ pub static INFO: ModelInfo = ModelInfo {
     emulates_fbdev: true,
     pci_id: (VENDOR_ID, DEVICE_ID),
     default_vram_size: DEFAULT_VRAM_SIZE,
+    // What the CLI always allowed; hibmc-drm itself wants room for its console framebuffer.
+    min_vram_size: 1 << 20,
     vram_bar: VRAM_BAR,
     register_bar: MMIO_BAR,
     msi_vectors: MSI_VECTORS,
@@ -208,8 +210,8 @@ pub struct Hibmc {
 }
 
 impl Hibmc {
-    pub fn new(options: &CardOptions) -> Result<Hibmc, ModelError> {
-        let vram = Vram::new(options.vram_size)?;
+    pub fn new(spec: &CardSpec) -> Result<Hibmc, ModelError> {
+        let vram = Vram::new(spec.vram_size())?;
         let identity = PciIdentity {
             vendor_id: VENDOR_ID,
             device_id: DEVICE_ID,
@@ -227,21 +229,8 @@ impl Hibmc {
         })?;
         config.add_capability(Capability::PciExpressEndpoint)?;
 
-        let eeprom = if options.no_monitor {
-            None
-        } else {
-            let blob = options
-                .edid
-                .clone()
-                .unwrap_or_else(crate::edid::default_edid);
-            if blob.len() > MAX_EDID_SIZE {
-                return Err(ModelError::Edid(format!(
-                    "{} bytes do not fit the {MAX_EDID_SIZE}-byte DDC EEPROM of the hibmc model",
-                    blob.len()
-                )));
-            }
-            Some(Eeprom::new(&blob))
-        };
+        // The spec holds at most spec::MAX_EDID (= MAX_EDID_SIZE) bytes: they fit the EEPROM.
+        let eeprom = spec.monitor().edid().map(|blob| Eeprom::new(&blob));
         let mut card = Hibmc {
             core: CardCore {
                 config,
@@ -399,12 +388,12 @@ mod tests {
     use crate::edid::default_edid;
     use pci_config::{BarType, ConfigSpace};
 
-    fn options() -> CardOptions {
-        CardOptions {
-            vram_size: DEFAULT_VRAM_SIZE,
-            edid: None,
-            no_monitor: false,
-        }
+    fn options() -> CardSpec {
+        CardSpec::of(ModelKind::Hibmc)
+    }
+
+    fn with(vram_size: Option<u64>, monitor: crate::Monitor) -> CardSpec {
+        CardSpec::new(ModelKind::Hibmc, vram_size, monitor).expect("a valid spec")
     }
 
     fn card() -> Hibmc {
@@ -483,18 +472,12 @@ mod tests {
 
     #[test]
     fn vram_size_follows_the_options_and_must_be_a_power_of_two() {
-        let small = Hibmc::new(&CardOptions {
-            vram_size: 16 << 20,
-            ..options()
-        })
-        .unwrap();
+        let small = Hibmc::new(&with(Some(16 << 20), crate::Monitor::Default)).unwrap();
         assert_eq!(small.config().bar(0).map(|b| b.size), Some(16 << 20));
+        // The spec refuses what the model could not build.
         assert!(matches!(
-            Hibmc::new(&CardOptions {
-                vram_size: 24 << 20,
-                ..options()
-            }),
-            Err(ModelError::Vram(_))
+            CardSpec::new(ModelKind::Hibmc, Some(24 << 20), crate::Monitor::Default),
+            Err(crate::SpecError::VramSize { .. })
         ));
     }
 
@@ -1240,11 +1223,7 @@ mod tests {
 
     #[test]
     fn no_monitor_nothing_acks() {
-        let mut c = Hibmc::new(&CardOptions {
-            no_monitor: true,
-            ..options()
-        })
-        .unwrap();
+        let mut c = Hibmc::new(&with(None, crate::Monitor::Absent)).unwrap();
         let mut bus = AlgoBit::new(&mut c);
         assert_eq!(bus.read_edid(0, 1), Err(XferError::Nxio));
         assert_eq!(bus.read_edid(0, 128), Err(XferError::Nxio));
@@ -1274,11 +1253,7 @@ mod tests {
             .wrapping_neg();
         blob.extend_from_slice(&ext);
         assert_eq!(crate::edid::validate(&blob), Ok(()));
-        let mut c = Hibmc::new(&CardOptions {
-            edid: Some(blob.clone()),
-            ..options()
-        })
-        .unwrap();
+        let mut c = Hibmc::new(&with(None, crate::Monitor::Edid(blob.clone()))).unwrap();
         let mut bus = AlgoBit::new(&mut c);
         assert_eq!(bus.read_edid(0, 128).unwrap(), blob[..128]);
         assert_eq!(bus.read_edid(128, 128).unwrap(), blob[128..]);
@@ -1286,11 +1261,8 @@ mod tests {
         let mut three = blob.clone();
         three.extend_from_slice(&ext);
         assert!(matches!(
-            Hibmc::new(&CardOptions {
-                edid: Some(three),
-                ..options()
-            }),
-            Err(ModelError::Edid(_))
+            CardSpec::new(ModelKind::Hibmc, None, crate::Monitor::Edid(three)),
+            Err(crate::SpecError::Edid(_))
         ));
     }
 

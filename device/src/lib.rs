@@ -15,6 +15,7 @@ pub mod hibmc;
 pub mod i2c;
 pub mod regs;
 pub mod server;
+pub mod spec;
 pub mod transport;
 
 use std::time::Duration;
@@ -24,9 +25,11 @@ use vram_bar::{Scanout, Vram};
 
 pub use regs::{RegisterCount, RegisterStats};
 pub use server::{Card, CardStats, Server, ServerError, StopHandle};
+pub use spec::{CardSpec, Monitor, SpecError};
 
 /// Which card to emulate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ModelKind {
     /// QEMU's bochs display (`1234:1111`), driven by `bochs-drm`.
     Bochs,
@@ -92,6 +95,8 @@ pub struct ModelInfo {
     /// (vendor, device).
     pub pci_id: (u16, u16),
     pub default_vram_size: u64,
+    /// The least VRAM its Linux driver accepts (a [`CardSpec`] rule).
+    pub min_vram_size: u64,
     /// The BAR that is VRAM, exported to QEMU for mmap.
     pub vram_bar: usize,
     /// The BAR of the register block, whose accesses trap.
@@ -113,30 +118,20 @@ impl std::str::FromStr for ModelKind {
     }
 }
 
-/// Options common to both cards.
-#[derive(Clone, Debug)]
-pub struct CardOptions {
-    pub vram_size: u64,
-    /// EDID to serve; `None` uses the card's default monitor.
-    pub edid: Option<Vec<u8>>,
-    /// No monitor attached: no EDID at all.
-    pub no_monitor: bool,
-}
-
 /// A built card: what it is and what it does.
 pub struct Model {
     pub info: &'static ModelInfo,
     pub device: Box<dyn DeviceModel>,
 }
 
-/// Builds the model of `kind`.
-pub fn build_model(kind: ModelKind, options: &CardOptions) -> Result<Model, ModelError> {
-    let device: Box<dyn DeviceModel> = match kind {
-        ModelKind::Bochs => Box::new(bochs::Bochs::new(options)?),
-        ModelKind::Hibmc => Box::new(hibmc::Hibmc::new(options)?),
+/// Builds the card `spec` describes.
+pub fn build_model(spec: &CardSpec) -> Result<Model, ModelError> {
+    let device: Box<dyn DeviceModel> = match spec.model() {
+        ModelKind::Bochs => Box::new(bochs::Bochs::new(spec)?),
+        ModelKind::Hibmc => Box::new(hibmc::Hibmc::new(spec)?),
     };
     Ok(Model {
-        info: kind.info(),
+        info: spec.model().info(),
         device,
     })
 }

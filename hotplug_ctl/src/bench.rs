@@ -457,10 +457,7 @@ async fn guest_figures(
     std::fs::create_dir_all(&bdir)?;
     let vrig = crate::runner::provision(&vcfg, &vdir, Accel::Tcg).await?;
     let brig = crate::runner::provision(&bcfg, &bdir, Accel::Tcg).await?;
-    let vram_mib = (vcfg.vram_size.unwrap_or(match model {
-        ModelKind::Bochs => device::bochs::DEFAULT_VRAM_SIZE,
-        ModelKind::Hibmc => device::hibmc::DEFAULT_VRAM_SIZE,
-    }) >> 20) as u32;
+    let vram_mib = (vcfg.card.vram_size() >> 20) as u32;
     let in_process = Card::InProcess(InProcessCard::BochsDisplay { vram_mib });
     let (mut vboot, mut bboot) = (Vec::new(), Vec::new());
     let (mut vwork, mut bwork) = (Work::default(), Work::default());

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use device::ModelKind;
+use device::{CardSpec, ModelKind};
 use images::{Arch, GuestKernel};
 
 use crate::accel::AccelChoice;
@@ -26,13 +26,11 @@ pub enum KernelChoice {
 /// Everything `vanish run` was asked to do.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
-    pub model: ModelKind,
+    /// The card: model, VRAM, monitor (checked).
+    pub card: CardSpec,
     pub arch: Arch,
     pub kernel: KernelChoice,
     pub out: PathBuf,
-    pub vram_size: Option<u64>,
-    pub edid: Option<PathBuf>,
-    pub no_monitor: bool,
     /// Longest wait from QEMU start to the agent answering.
     pub boot_timeout: Duration,
     /// Longest wait for the driver to bind to the card.
@@ -57,4 +55,11 @@ pub struct RunConfig {
     pub guest_files: Vec<images::GuestFile>,
     /// `--shell`: after boot, the guest's shell on this terminal instead of the scenarios.
     pub shell: bool,
+}
+
+impl RunConfig {
+    /// Which card model the run emulates.
+    pub fn model(&self) -> ModelKind {
+        self.card.model()
+    }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use device::ModelKind;
+use device::{CardSpec, ModelKind};
 use hotplug_ctl::accel::{self, AccelChoice};
 use hotplug_ctl::exit;
 use hotplug_ctl::fingerprint::JudgePattern;
@@ -93,6 +93,18 @@ struct CardArgs {
     /// No monitor attached: the card serves no EDID.
     #[arg(long)]
     no_monitor: bool,
+}
+
+impl CardArgs {
+    /// The card these flags describe, checked once (see `device::CardSpec::new`).
+    fn spec(&self) -> Result<CardSpec, serve::UsageError> {
+        serve::card_spec(
+            self.model,
+            self.vram_size,
+            self.edid.as_deref(),
+            self.no_monitor,
+        )
+    }
 }
 
 #[derive(clap::Args)]
@@ -212,6 +224,10 @@ struct RunArgs {
 struct ServeArgs {
     #[command(flatten)]
     card: CardArgs,
+    /// The whole card as JSON (what `vanish run` hands the servers it starts; the card flags
+    /// are for people). Checked by the same rules.
+    #[arg(long, hide = true, conflicts_with_all = ["vram_size", "edid", "no_monitor"])]
+    spec_json: Option<String>,
     /// vfio-user socket to listen on (must not exist).
     #[arg(long)]
     socket: PathBuf,
@@ -319,13 +335,21 @@ async fn dispatch(cli: Cli) -> i32 {
         Cmd::Bench(args) => hotplug_ctl::bench::run(args).await,
         Cmd::Baseline { report, out } => cmd_baseline(&report, &out),
         Cmd::Serve(args) => {
+            let card = match &args.spec_json {
+                Some(json) => CardSpec::from_json(json).map_err(serve::UsageError),
+                None => args.card.spec(),
+            };
+            let card = match card {
+                Ok(card) => card,
+                Err(e) => {
+                    eprintln!("vanish serve: {e}");
+                    return exit::USAGE;
+                }
+            };
             let cfg = ServeConfig {
-                model: args.card.model,
+                card,
                 socket: args.socket,
                 control: args.control,
-                vram_size: args.card.vram_size,
-                edid: args.card.edid,
-                no_monitor: args.card.no_monitor,
             };
             match serve::serve(cfg).await {
                 Ok(()) => exit::PASS,
@@ -503,15 +527,13 @@ async fn cmd_run(mut args: RunArgs) -> i32 {
             args.git_url.get_or_insert_with(|| url.clone());
         }
     }
-    if let Err(e) = serve::validate_card(
-        args.card.model,
-        args.card.vram_size,
-        args.card.edid.as_deref(),
-        args.card.no_monitor,
-    ) {
-        eprintln!("vanish: {e}");
-        return exit::USAGE;
-    }
+    let card = match args.card.spec() {
+        Ok(card) => card,
+        Err(e) => {
+            eprintln!("vanish: {e}");
+            return exit::USAGE;
+        }
+    };
     if let Err(e) = check_outputs(&args) {
         eprintln!("vanish: {e}");
         return exit::USAGE;
@@ -613,13 +635,10 @@ async fn cmd_run(mut args: RunArgs) -> i32 {
         }
     };
     let cfg = RunConfig {
-        model: args.card.model,
+        card,
         arch,
         kernel,
         out: args.out,
-        vram_size: args.card.vram_size,
-        edid: args.card.edid,
-        no_monitor: args.card.no_monitor,
         boot_timeout: Duration::from_secs(args.boot_timeout),
         bind_timeout: Duration::from_secs(60),
         append: args.append,

@@ -52,7 +52,7 @@ pub async fn provision(cfg: &RunConfig, dir: &Path, accel: Accel) -> Result<Rig>
             KernelChoice::User { image, modules } => images::user_kernel(cfg.arch, image, modules.as_deref())?,
             KernelChoice::Resolved(k) => k.clone(),
         };
-        let driver = cfg.model.linux_module();
+        let driver = cfg.model().linux_module();
         let support = ["virtio_pci", "virtio_console"];
         let write = |name: &str, body: String| -> Result<PathBuf> {
             let p = dir.join(name);
@@ -64,10 +64,10 @@ pub async fn provision(cfg: &RunConfig, dir: &Path, accel: Accel) -> Result<Rig>
         // the driver: busybox modprobe resolves dependencies from the initramfs' modules.dep.
         let modules = write("modules", support.join("\n") + "\n")?;
         let driver_modules = write("driver-modules", format!("{driver}\n"))?;
-        let (v, d) = cfg.model.pci_id();
+        let (v, d) = cfg.model().pci_id();
         let bme = write(
             "bme-ids",
-            if cfg.model == ModelKind::Hibmc && cfg.firmware_bme { format!("{v:#06x} {d:#06x}\n") } else { String::new() },
+            if cfg.model() == ModelKind::Hibmc && cfg.firmware_bme { format!("{v:#06x} {d:#06x}\n") } else { String::new() },
         )?;
         let agent = dir.join("vanish-agent");
         std::fs::write(&agent, crate::guest::agent_binary(cfg.arch))?;
@@ -87,7 +87,7 @@ pub async fn provision(cfg: &RunConfig, dir: &Path, accel: Accel) -> Result<Rig>
         // No modules tree (a kernel built with the drivers in): the image itself says whether
         // the driver is there; with a tree, modules.builtin and the modules have said it.
         let in_image = || {
-            let name = format!("{}\0", cfg.model.linux_driver());
+            let name = format!("{}\0", cfg.model().linux_driver());
             images::image_contains(&kernel.image, name.as_bytes()).unwrap_or(false)
         };
         let no_tree = kernel.modules_root.as_os_str().is_empty();
@@ -95,8 +95,8 @@ pub async fn provision(cfg: &RunConfig, dir: &Path, accel: Accel) -> Result<Rig>
             bail!(
                 "kernel {} has no {} driver (neither built in nor as a module): it cannot drive a {} card",
                 kernel.release,
-                cfg.model.linux_driver(),
-                cfg.model.name()
+                cfg.model().linux_driver(),
+                cfg.model().name()
             );
         }
         Ok(Rig { qemu, kernel, initrd: initramfs.path, accel })
@@ -195,7 +195,7 @@ async fn boot(cfg: &RunConfig, rig: &Rig) -> Result<Session> {
         kernel.release,
         cfg.arch,
         rig.accel,
-        cfg.model.name()
+        cfg.model().name()
     ));
     let mut vm = Vm::start(
         &rig.qemu,
@@ -336,7 +336,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
         }
     });
     let mut report = Report::new(
-        cfg.model.name(),
+        cfg.model().name(),
         &cfg.arch.to_string(),
         cfg.out.join("console.log"),
     );

@@ -5,18 +5,15 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
-use device::{build_model, Card, CardOptions, ModelKind, Server};
+use device::{build_model, Card, CardSpec, ModelKind, Monitor, Server, SpecError};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// What to serve and where.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
-    pub model: ModelKind,
+    pub card: CardSpec,
     pub socket: PathBuf,
     pub control: Option<PathBuf>,
-    pub vram_size: Option<u64>,
-    pub edid: Option<PathBuf>,
-    pub no_monitor: bool,
 }
 
 /// A bad card option or path: `vanish` exits 2 (usage) for it, not 125.
@@ -31,55 +28,30 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
-/// Largest VRAM BAR: the hotplug root port reserves a 64 MiB prefetchable window
-/// (`pref32-reserve=64M`, `hpmmioprefsize=64M`), and a hot-added card's BAR must fit in it.
-pub const MAX_VRAM: u64 = 64 << 20;
-
-/// Card options from the command line, every one checked here, once: VRAM a power of two from
-/// 1 MiB to [`MAX_VRAM`], the EDID file readable and valid.
-pub fn validate_card(
+/// The card options as the CLI spells them, checked into a [`CardSpec`] (the one place the
+/// rules are is [`CardSpec::new`]; this adds reading the EDID file).
+pub fn card_spec(
     model: ModelKind,
     vram_size: Option<u64>,
     edid: Option<&Path>,
     no_monitor: bool,
-) -> Result<CardOptions, UsageError> {
-    let vram_size = vram_size.unwrap_or(model.default_vram_size());
-    if !vram_size.is_power_of_two() || !((1 << 20)..=MAX_VRAM).contains(&vram_size) {
-        return Err(UsageError(format!(
-            "--vram-size {vram_size}: a power of two from 1 MiB to {} MiB (a PCI BAR that fits the hotplug window)",
-            MAX_VRAM >> 20
-        )));
-    }
-    let edid = match edid {
-        Some(path) => {
-            let blob = std::fs::read(path)
-                .map_err(|e| UsageError(format!("--edid {}: {e}", path.display())))?;
-            device::edid::validate(&blob)
-                .map_err(|e| UsageError(format!("--edid {}: {e}", path.display())))?;
-            Some(blob)
-        }
-        None => None,
+) -> Result<CardSpec, UsageError> {
+    let monitor = match (edid, no_monitor) {
+        (Some(path), _) => Monitor::Edid(
+            std::fs::read(path)
+                .map_err(|e| UsageError(format!("--edid {}: {e}", path.display())))?,
+        ),
+        (None, true) => Monitor::Absent,
+        (None, false) => Monitor::Default,
     };
-    Ok(CardOptions {
-        vram_size,
-        edid,
-        no_monitor,
+    CardSpec::new(model, vram_size, monitor).map_err(|e| match (e, edid) {
+        (SpecError::Edid(why), Some(path)) => UsageError(format!("--edid {}: {why}", path.display())),
+        (e, _) => UsageError(e.to_string()),
     })
-}
-
-/// Card options of a `serve` configuration.
-pub fn card_options(config: &ServeConfig) -> Result<CardOptions> {
-    Ok(validate_card(
-        config.model,
-        config.vram_size,
-        config.edid.as_deref(),
-        config.no_monitor,
-    )?)
 }
 
 /// Runs the server until SIGINT/SIGTERM; removes its sockets on the way out.
 pub async fn serve(config: ServeConfig) -> Result<()> {
-    let options = card_options(&config)?;
     if config.socket.exists() {
         return Err(UsageError(format!(
             "socket {} already exists (another server, or a stale file to remove)",
@@ -90,7 +62,7 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
     if let Some(path) = config.control.as_ref().filter(|p| p.exists()) {
         return Err(UsageError(format!("control socket {} already exists", path.display())).into());
     }
-    let card = Card::new(build_model(config.model, &options)?);
+    let card = Card::new(build_model(&config.card)?);
     let server = Server::bind(&config.socket, Arc::clone(&card))?;
     // Cleanup is armed for each socket only once this process created it: a failed start must
     // never delete a live server's sockets.
@@ -109,8 +81,8 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
 
     println!(
         "vanish: serving a {} card ({} MiB VRAM) on {}",
-        config.model.name(),
-        options.vram_size >> 20,
+        config.card.model().name(),
+        config.card.vram_size() >> 20,
         config.socket.display()
     );
     println!(

@@ -172,7 +172,10 @@ fn dry_run_prints_both_arches_command_lines() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
     assert!(
-        lines[0].starts_with("card server: vanish serve --model hibmc --socket "),
+        // The card goes to its server whole, as the spec's JSON (issue #13: one CardSpec).
+        lines[0].starts_with(
+            r#"card server: vanish serve --spec-json '{"model":"hibmc","vram_size":33554432,"monitor":"default"}' --socket "#
+        ),
         "{out}"
     );
     let q = lines[1];
@@ -205,7 +208,7 @@ fn dry_run_prints_both_arches_command_lines() {
     ]);
     assert_eq!(code, 0);
     for want in [
-        "card server: vanish serve --model bochs",
+        r#"card server: vanish serve --spec-json '{"model":"bochs","vram_size":16777216"#,
         "qemu: qemu-system-x86_64 -machine 'q35,memory-backend=mem' -global 'ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off' -accel tcg -m 2048M -smp 1",
         "-kernel '<Debian 7.3 kernel for x86_64>'",
         "console=ttyS0",

@@ -2,7 +2,7 @@
 //! against both cards. Models must accept any index, offset and length without panicking.
 #![no_main]
 
-use device::{build_model, CardOptions, DeviceModel, ModelKind};
+use device::{build_model, CardSpec, DeviceModel, ModelKind, Monitor};
 use libfuzzer_sys::fuzz_target;
 
 fn op(model: &mut dyn DeviceModel, s: &[u8]) {
@@ -44,12 +44,11 @@ fuzz_target!(|data: &[u8]| {
     } else {
         ModelKind::Bochs
     };
-    let options = CardOptions {
-        vram_size: 1 << 22,
-        edid: None,
-        no_monitor: which & 2 != 0,
+    let monitor = if which & 2 != 0 { Monitor::Absent } else { Monitor::Default };
+    let Ok(spec) = CardSpec::new(kind, Some(1 << 22), monitor) else {
+        return;
     };
-    let Ok(mut model) = build_model(kind, &options) else {
+    let Ok(mut model) = build_model(&spec) else {
         return;
     };
     for s in script.chunks_exact(8) {

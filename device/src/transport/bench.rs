@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use super::wire::{self, cmd};
 use crate::server::Card;
-use crate::{build_model, hibmc, CardOptions, ModelKind, Server, ServerError};
+use crate::{build_model, hibmc, CardSpec, ModelKind, Monitor, Server, ServerError};
 
 /// Per-iteration round-trip times, in nanoseconds.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -94,14 +94,9 @@ fn round_trip(fd: i32, request: &[u8], reply: &mut [u8]) -> Result<u64, ServerEr
 /// Measures (a) and (b), `iterations` each. Errors only if sockets or the model cannot be
 /// set up or the server misbehaves.
 pub fn trapped_read_vs_echo(iterations: usize) -> Result<BenchResult, ServerError> {
-    let model = build_model(
-        ModelKind::Hibmc,
-        &CardOptions {
-            vram_size: 1 << 20,
-            edid: None,
-            no_monitor: false,
-        },
-    )
+    let spec = CardSpec::new(ModelKind::Hibmc, Some(1 << 20), Monitor::Default)
+        .map_err(|e| ServerError::EventLoop(e.to_string()))?;
+    let model = build_model(&spec)
     .map_err(|e| ServerError::EventLoop(e.to_string()))?;
     let card = Card::new(model);
     let stop = Arc::new(AtomicBool::new(false));

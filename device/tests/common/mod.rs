@@ -11,17 +11,14 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use device::transport::wire::{self, cmd, Header};
-use device::{build_model, Card, CardOptions, ModelKind, Server};
+use device::{build_model, Card, CardSpec, ModelKind, Monitor, Server};
 
 pub const QEMU_CAPS: &str = r#"{"capabilities": {"max_msg_fds": 16, "max_data_xfer_size": 1048576, "pgsizes": 4096, "max_dma_maps": 65535, "migration": {"pgsize": 4096, "max_bitmap_size": 268435456}}}"#;
 
 pub fn card(kind: ModelKind) -> Arc<Card> {
-    let options = CardOptions {
-        vram_size: 1 << 20,
-        edid: None,
-        no_monitor: false,
-    };
-    Card::new(build_model(kind, &options).expect("model"))
+    // The least VRAM each model takes: small BARs keep the tests' mmaps cheap.
+    let spec = CardSpec::new(kind, Some(kind.info().min_vram_size), Monitor::Default).expect("spec");
+    Card::new(build_model(&spec).expect("model"))
 }
 
 /// A server listening on a fresh path; stopped and joined on drop.

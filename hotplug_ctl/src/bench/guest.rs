@@ -113,13 +113,13 @@ fn drm_name(model: ModelKind) -> &'static str {
 /// The model the guest's driver sees: an in-process bochs-display is a bochs card.
 fn guest_model(cfg: &RunConfig, card: Card) -> ModelKind {
     match card {
-        Card::Vanish => cfg.model,
+        Card::Vanish => cfg.model(),
         Card::InProcess(InProcessCard::BochsDisplay { .. }) => ModelKind::Bochs,
     }
 }
 
 impl Guest {
-    /// Boots `rig` with `card` and waits until the driver has bound; `cfg.model` must match
+    /// Boots `rig` with `card` and waits until the driver has bound; `cfg.model()` must match
     /// what `rig`'s initramfs loads (bochs for the in-process card).
     pub async fn boot(cfg: &RunConfig, rig: &Rig, card: Card) -> Result<Guest> {
         let dir = tempfile::Builder::new()
@@ -489,13 +489,10 @@ pub struct Footprint {
 /// machine; one vCPU thread keeps TCG off the second core the server and QEMU's I/O need).
 pub fn run_config(arch: images::Arch, model: ModelKind, kernel: &str, out: &Path) -> RunConfig {
     RunConfig {
-        model,
+        card: device::CardSpec::of(model),
         arch,
         kernel: crate::runner::KernelChoice::Debian(kernel.to_string()),
         out: out.to_path_buf(),
-        vram_size: None,
-        edid: None,
-        no_monitor: false,
         boot_timeout: Duration::from_secs(180),
         bind_timeout: Duration::from_secs(120),
         append: String::new(),

@@ -28,27 +28,18 @@ use crate::scenario::{ClientKind, Removal};
 use crate::splat;
 use crate::splat::SplatKind;
 
-/// The `vanish serve` arguments for `cfg`'s card on these sockets.
+/// The `vanish serve` arguments for `cfg`'s card on these sockets: the card goes whole, as
+/// its spec's JSON.
 pub fn serve_args(cfg: &RunConfig, socket: &Path, control: &Path) -> Vec<std::ffi::OsString> {
-    let mut a: Vec<std::ffi::OsString> = vec![
+    vec![
         "serve".into(),
-        "--model".into(),
-        cfg.model.name().into(),
+        "--spec-json".into(),
+        cfg.card.to_json().into(),
         "--socket".into(),
         socket.into(),
         "--control".into(),
         control.into(),
-    ];
-    if let Some(size) = cfg.vram_size {
-        a.extend(["--vram-size".into(), size.to_string().into()]);
-    }
-    if let Some(edid) = &cfg.edid {
-        a.extend(["--edid".into(), edid.into()]);
-    }
-    if cfg.no_monitor {
-        a.push("--no-monitor".into());
-    }
-    a
+    ]
 }
 
 /// Starts the card server for generation `generation` of `cfg`'s card, sockets in `dir`.
@@ -169,7 +160,7 @@ impl Session {
 
     /// The guest's view of the card.
     pub async fn card_status(&mut self) -> Result<CardStatus> {
-        let (vendor, device) = self.cfg.model.pci_id();
+        let (vendor, device) = self.cfg.model().pci_id();
         match self
             .ask(&GuestRequest::CardStatus { vendor, device }, AGENT_WAIT)
             .await?
@@ -182,8 +173,8 @@ impl Session {
     /// Waits until the card's driver is bound and its DRM device exists.
     pub async fn wait_bound(&mut self, wait: Duration) -> Result<CardStatus> {
         let deadline = Instant::now() + wait;
-        let driver = self.cfg.model.linux_driver();
-        let wants_fb = self.cfg.model.emulates_fbdev();
+        let driver = self.cfg.model().linux_driver();
+        let wants_fb = self.cfg.model().emulates_fbdev();
         // When the driver and DRM node were first seen: the fb node gets FB_NODE_GRACE from then.
         let mut bound_at: Option<Instant> = None;
         loop {
@@ -240,7 +231,7 @@ impl Session {
         // name without the "-drm" suffix ("hibmc" for hibmc-drm).
         let name = self
             .cfg
-            .model
+            .model()
             .linux_driver()
             .trim_end_matches("-drm")
             .to_string();
@@ -353,7 +344,7 @@ impl ScenarioRun {
 
     pub fn finish(self, session: &Session) -> ScenarioReport {
         let log = session.vm.console.text_since(self.log_mark);
-        let module = session.cfg.model.linux_module().replace('-', "_");
+        let module = session.cfg.model().linux_module().replace('-', "_");
         let mut splats: Vec<FoundSplat> = splat::find_splats(&log)
             .into_iter()
             .map(|mut s| {

@@ -82,7 +82,7 @@ impl Session {
 
     async fn unbind(&mut self) -> StepResult {
         let bdf = self.bdf()?;
-        let driver = self.cfg.model.linux_driver();
+        let driver = self.cfg.model().linux_driver();
         self.sysfs(
             "unbind",
             format!("/sys/bus/pci/drivers/{driver}/unbind"),
@@ -93,7 +93,7 @@ impl Session {
 
     async fn bind(&mut self) -> StepResult {
         let bdf = self.bdf()?;
-        let driver = self.cfg.model.linux_driver();
+        let driver = self.cfg.model().linux_driver();
         // No Bus Master Enable here, unlike at boot: unbind ran pci_disable_device(), which
         // cleared it, and a driver that wants MSIs must set it again itself (hibmc does only
         // from 7.x on; see images/guest/init.sh).
@@ -251,7 +251,7 @@ impl Session {
     /// Reads the first register of the card's MMIO BAR from inside the guest.
     pub async fn read_mmio_bar(&mut self) -> Result<u32> {
         let bdf = self.bdf()?;
-        let bar = match self.cfg.model {
+        let bar = match self.cfg.model() {
             ModelKind::Hibmc => device::hibmc::MMIO_BAR,
             ModelKind::Bochs => device::bochs::MMIO_BAR,
         };
@@ -458,10 +458,10 @@ impl Session {
         match cond {
             Condition::Bound => {
                 let s = self.card_status().await?;
-                if s.driver.as_deref() != Some(self.cfg.model.linux_driver()) || s.drm.is_empty() {
+                if s.driver.as_deref() != Some(self.cfg.model().linux_driver()) || s.drm.is_empty() {
                     return fail(format!(
                         "expected {} bound with a DRM device, found driver {:?}",
-                        self.cfg.model.linux_driver(),
+                        self.cfg.model().linux_driver(),
                         s.driver.as_deref()
                     ));
                 }
@@ -779,7 +779,7 @@ async fn boot_checks(session: &mut Session, run: &mut ScenarioRun) -> Result<()>
     run.pci_address.clone_from(&status.pci_address);
     crate::say(&format!(
         "{} bound to {}",
-        session.cfg.model.linux_driver(),
+        session.cfg.model().linux_driver(),
         run.pci_address.as_deref().unwrap_or("?")
     ));
     for (key, value) in [
@@ -796,7 +796,7 @@ async fn boot_checks(session: &mut Session, run: &mut ScenarioRun) -> Result<()>
             run.observe(key, v.as_str());
         }
     }
-    let (vendor, device) = session.cfg.model.pci_id();
+    let (vendor, device) = session.cfg.model().pci_id();
     let probed = match session
         .ask(&GuestRequest::ProbeModes { vendor, device }, AGENT_WAIT)
         .await?
@@ -843,7 +843,7 @@ async fn boot_checks(session: &mut Session, run: &mut ScenarioRun) -> Result<()>
         }
     }
 
-    if session.cfg.model == ModelKind::Hibmc {
+    if session.cfg.model() == ModelKind::Hibmc {
         run.step(session, "vblank");
         let (a, b) = session.vblank_probe().await?;
         run.observe("vblank_irqs_per_s", b.saturating_sub(a));
