@@ -325,7 +325,8 @@ async fn dispatch(cli: Cli) -> i32 {
         Cmd::Kconfig(args) => hotplug_ctl::kconfig::run(args),
         Cmd::List => {
             println!("{:<26} DESCRIPTION", "SCENARIO");
-            println!("{:<26} the driver binds, draws fbcon (hibmc: EDID modes, vblank IRQs); always run first", "boot");
+            let boot = scenario::boot();
+            println!("{:<26} {}", boot.name, boot.description);
             for s in scenario::builtin() {
                 println!("{:<26} {}", s.name, s.description);
             }

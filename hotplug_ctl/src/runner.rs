@@ -16,7 +16,7 @@ use crate::qemu::{Vm, VmConfig};
 use crate::qmp::Qmp;
 use crate::report::{Report, ScenarioReport, Verdict};
 use crate::say as print_step;
-use crate::session::steps::{run_scenario, scenario_boot};
+use crate::session::steps::run_scenario;
 use crate::session::{serve_args, start_card, Session};
 use guest_protocol::{Reply as GuestReply, Request as GuestRequest};
 
@@ -366,7 +366,9 @@ pub async fn run(cfg: RunConfig) -> Result<Report> {
             session.shutdown().await;
             return r;
         }
-        let boot_report = scenario_boot(&mut session).await;
+        let boot = crate::scenario::boot();
+        progress(|p| p.current = Some(boot.name.clone()));
+        let boot_report = run_scenario(&mut session, &boot).await;
         // Splats alone do not call for a fresh boot (a tainted kernel still runs the next
         // scenario, and --repeat cycles stay in one boot); a step that did not hold does.
         let settled = |r: &ScenarioReport| {

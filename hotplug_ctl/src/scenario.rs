@@ -139,6 +139,16 @@ pub enum Condition {
     BarReadsOnes,
     /// Vblank interrupts arrive (the count grows over a second).
     Vblank,
+    /// At least one vblank interrupt arrived since boot (fbcon's modeset waited for one); holds
+    /// trivially on a card without interrupts.
+    VblankSinceBoot,
+    /// The card's fbdev node (/dev/fb0) and DRM node (/dev/dri/card0) exist.
+    CardNodes,
+    /// The card sits behind QEMU's hotplug pcie-root-port (1b36:000c).
+    BehindRootPort,
+    /// fbcon has drawn on the card: the run's `screenshot.png`. Not drawing is a rig error: a
+    /// kernel without fbcon on the card cannot be judged by the screen.
+    ConsoleDrawn,
     /// The connector is connected and its first mode is this one, e.g. "1024x768".
     FirstMode(String),
     /// The named client got this signal (SIGBUS, SIGSEGV) through its mapping; for an `exec`
@@ -185,6 +195,10 @@ impl fmt::Display for Condition {
             Condition::Pattern => write!(f, "pattern"),
             Condition::BarReadsOnes => write!(f, "bar-reads-ones"),
             Condition::Vblank => write!(f, "vblank"),
+            Condition::VblankSinceBoot => write!(f, "vblank-since-boot"),
+            Condition::CardNodes => write!(f, "card-nodes"),
+            Condition::BehindRootPort => write!(f, "behind-root-port"),
+            Condition::ConsoleDrawn => write!(f, "console-drawn"),
             Condition::FirstMode(m) => write!(f, "first-mode {m}"),
             Condition::ClientSignal(n, s) => write!(f, "client {n} signal {s}"),
             Condition::ClientStatus(n, s) => write!(f, "client {n} status {s}"),
@@ -232,6 +246,8 @@ pub enum Step {
     Alive,
     Sleep(Duration),
     Screenshot(String),
+    /// Records the guest's view of the card and its connectors as observations.
+    ObserveCard,
     Expect(Condition),
     Repeat(u32, Vec<Step>),
 }
@@ -270,6 +286,7 @@ impl fmt::Display for Step {
             Step::Alive => write!(f, "alive"),
             Step::Sleep(d) => write!(f, "sleep {}", d.as_secs_f64()),
             Step::Screenshot(n) => write!(f, "screenshot {n}"),
+            Step::ObserveCard => write!(f, "observe card"),
             Step::Expect(c) => write!(f, "expect {c}"),
             Step::Repeat(n, s) => write!(f, "repeat {n} ({} steps)", s.len()),
         }
@@ -392,11 +409,12 @@ pub fn parse_step(text: &str) -> Result<Step, String> {
         ["screenshot", name] if name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') => {
             Step::Screenshot(name.to_string())
         }
+        ["observe", "card"] => Step::ObserveCard,
         ["expect", cond @ ..] => Step::Expect(parse_condition(cond)?),
         [] => return Err("empty step".into()),
         [verb, ..] => {
             return Err(format!(
-                "unknown step '{verb}' (expected wait-bound, client, exec, close, unplug, replug, bind, unbind, rescan, dead, alive, sleep, screenshot, expect or a repeat table)"
+                "unknown step '{verb}' (expected wait-bound, client, exec, close, unplug, replug, bind, unbind, rescan, dead, alive, sleep, screenshot, observe card, expect or a repeat table)"
             ))
         }
     })
@@ -411,6 +429,10 @@ fn parse_condition(words: &[&str]) -> Result<Condition, String> {
         ["pattern"] => Condition::Pattern,
         ["bar-reads-ones"] => Condition::BarReadsOnes,
         ["vblank"] => Condition::Vblank,
+        ["vblank-since-boot"] => Condition::VblankSinceBoot,
+        ["card-nodes"] => Condition::CardNodes,
+        ["behind-root-port"] => Condition::BehindRootPort,
+        ["console-drawn"] => Condition::ConsoleDrawn,
         ["first-mode", mode] if mode.split_once('x').is_some() => Condition::FirstMode(mode.to_string()),
         ["client", name, "signal", sig] if sig.starts_with("SIG") => Condition::ClientSignal(name.to_string(), sig.to_string()),
         ["client", name, "ioctl-error", errno] if errno.starts_with('E') => {
@@ -434,7 +456,7 @@ fn parse_condition(words: &[&str]) -> Result<Condition, String> {
         ),
         _ => {
             return Err(format!(
-                "unknown condition '{}' (expected bound, unbound, gone, drawing, pattern, bar-reads-ones, vblank, first-mode WxH, client NAME signal SIGxxx, client NAME ioctl-error Exxx, client NAME exited, client NAME status N, client NAME alive, client NAME mapping zeroed|stale|faulted)",
+                "unknown condition '{}' (expected bound, unbound, gone, drawing, pattern, bar-reads-ones, vblank, vblank-since-boot, card-nodes, behind-root-port, console-drawn, first-mode WxH, client NAME signal SIGxxx, client NAME ioctl-error Exxx, client NAME exited, client NAME status N, client NAME alive, client NAME mapping zeroed|stale|faulted)",
                 words.join(" ")
             ))
         }
@@ -657,6 +679,20 @@ pub const BUILTIN_TOML: &[(&str, &str)] = &[
 ];
 
 /// The built-in scenarios, parsed (they are tested to parse).
+/// The boot scenario every run starts with (`scenarios/boot.toml`).
+pub const BOOT_TOML: &str = include_str!("../scenarios/boot.toml");
+
+/// The boot scenario, parsed.
+pub fn boot() -> Scenario {
+    // BOOT_TOML is part of the binary and a unit test parses it: it cannot fail here. Should
+    // it ever, a run still starts with the bare bind check.
+    Scenario::parse(BOOT_TOML, "builtin:boot").unwrap_or_else(|_| Scenario {
+        name: "boot".into(),
+        description: String::new(),
+        steps: vec![Step::WaitBound(Duration::from_secs(60))],
+    })
+}
+
 pub fn builtin() -> Vec<Scenario> {
     BUILTIN_TOML
         .iter()
@@ -676,6 +712,30 @@ mod tests {
             assert!(!s.description.is_empty(), "{name} has no description");
         }
         assert_eq!(builtin().len(), BUILTIN_TOML.len());
+    }
+
+    #[test]
+    fn boot_is_a_scenario_file_like_the_others() {
+        let boot = Scenario::parse(BOOT_TOML, "boot").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(boot, super::boot());
+        assert_eq!(boot.name, "boot");
+        let steps: Vec<String> = boot.steps.iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            steps,
+            [
+                "wait-bound",
+                "observe card",
+                "expect card-nodes",
+                "expect behind-root-port",
+                "expect console-drawn",
+                "expect vblank-since-boot"
+            ]
+        );
+        // Its steps round-trip through their text like any step.
+        for s in &boot.steps {
+            assert_eq!(parse_step(&s.to_string()).as_ref(), Ok(s));
+        }
+        assert!(!builtin().iter().any(|s| s.name == "boot"));
     }
 
     #[test]

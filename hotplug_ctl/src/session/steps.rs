@@ -525,6 +525,61 @@ impl Session {
                     ));
                 }
             }
+            Condition::CardNodes => {
+                let s = self.card_status().await?;
+                let mut missing = Vec::new();
+                if !s.fb0 {
+                    missing.push("/dev/fb0 does not exist: no fbdev emulation on our card");
+                }
+                if !s.dri_card0 {
+                    missing.push("/dev/dri/card0 does not exist");
+                }
+                if !missing.is_empty() {
+                    return fail(missing.join("; "));
+                }
+            }
+            Condition::BehindRootPort => {
+                // QEMU's pcie-root-port is 1b36:000c.
+                let s = self.card_status().await?;
+                if s.parent_id.as_deref() != Some("0x1b36:0x000c") {
+                    return fail(format!(
+                        "the card is not behind the pcie-root-port (parent {:?})",
+                        s.parent_id.as_deref()
+                    ));
+                }
+            }
+            Condition::ConsoleDrawn => {
+                let shot = self.cfg.out.join("screenshot.png");
+                // A rig error, not a failure: a kernel without fbcon on the card (or a card
+                // server that cannot scan out) leaves nothing to judge on the screen.
+                let ink = self.screenshot(&shot, Duration::from_secs(30)).await?;
+                run.observe("screenshot_ink", ink);
+                run.screenshot = Some(shot);
+                if let Some(server) = &self.server {
+                    if let Ok(reply) = server.request(&Request::Status).await {
+                        if let Some(st) = reply.status {
+                            run.observe("scanout", st.scanout.clone().unwrap_or_default());
+                            run.observe("unimplemented_accesses", st.unimplemented_accesses);
+                            run.observe(
+                                "registers",
+                                serde_json::to_value(&st.registers).unwrap_or_default(),
+                            );
+                        }
+                    }
+                }
+            }
+            Condition::VblankSinceBoot if self.cfg.model().info().msi_vectors == 0 => {}
+            Condition::VblankSinceBoot => {
+                let (a, b) = self.vblank_probe().await?;
+                run.observe("vblank_irqs_per_s", b.saturating_sub(a));
+                run.observe("vblank_irqs_total", b);
+                // Vblank IRQs flow only while something waits for vblank (fbcon's modeset
+                // did); after it they may stop (drm_vblank_off), so the total since boot is
+                // what is judged: none at all means the driver's MSIs never arrived.
+                if b == 0 {
+                    return fail("no vblank interrupt arrived while fbcon set its mode (the card's MSIs are lost: is Bus Master Enable set?)");
+                }
+            }
             Condition::Vblank => {
                 let (a, b) = self.vblank_probe().await?;
                 run.observe("vblank_irqs_per_s", b.saturating_sub(a));
@@ -637,6 +692,42 @@ impl Session {
         Ok(())
     }
 
+    /// Records the guest's view of the card and what its connectors report.
+    async fn observe_card(&mut self, run: &mut ScenarioRun) -> StepResult {
+        let status = self.card_status().await?;
+        for (key, value) in [
+            ("pci_address", &status.pci_address),
+            ("parent", &status.parent),
+            ("parent_id", &status.parent_id),
+            ("parent_class", &status.parent_class),
+            ("command", &status.command),
+            ("drm", &status.drm.first().cloned()),
+            ("fb0_size", &status.fb0_size),
+            ("irq", &status.irq),
+        ] {
+            if let Some(v) = value {
+                run.observe(key, v.as_str());
+            }
+        }
+        let (vendor, device) = self.cfg.model().pci_id();
+        let probed = match self
+            .ask(&GuestRequest::ProbeModes { vendor, device }, AGENT_WAIT)
+            .await
+            .map_err(|e| StepError::Rig(format!("probe-modes: {e}")))?
+        {
+            GuestReply::Connectors(c) => c,
+            other => return bail_step(&format!("agent: probe-modes answered {other:?}")),
+        };
+        let lines = |f: fn(&guest_protocol::Connector) -> String| -> Vec<String> {
+            probed.iter().map(f).collect()
+        };
+        run.observe("connectors", lines(guest_protocol::Connector::status_line));
+        run.observe("modes", lines(guest_protocol::Connector::modes_line));
+        run.observe("fb0", status.fb0);
+        run.observe("dri_card0", status.dri_card0);
+        Ok(())
+    }
+
     /// The card's DRM node and whether it is gone from /dev/dri.
     fn node_left(&self, status: &CardStatus) -> (String, bool) {
         let node = self.drm_node.clone().unwrap_or_else(|| "card0".into());
@@ -669,6 +760,13 @@ impl Session {
         match step {
             Step::WaitBound(wait) => match self.wait_bound(*wait).await {
                 Ok(status) => {
+                    if !self.ever_bound {
+                        crate::say(&format!(
+                            "{} bound to {}",
+                            self.cfg.model().linux_driver(),
+                            status.pci_address.as_deref().unwrap_or("?")
+                        ));
+                    }
                     self.record_bound(&status);
                     run.pci_address.clone_from(&status.pci_address);
                     run.driver_bound = true;
@@ -721,6 +819,7 @@ impl Session {
                 run.observe(&format!("screenshot_{name}_ink"), ink);
                 run.screenshot = Some(path);
             }
+            Step::ObserveCard => self.observe_card(run).await?,
             Step::Expect(cond) => self.check(run, cond).await?,
             Step::Repeat(n, steps) => {
                 for i in 1..=*n {
@@ -757,105 +856,6 @@ fn started_text(id: &str, pid: i32, report: &Option<ClientReport>) -> String {
         Some(r) => format!("started {id} pid={pid}\n{}", r.to_value()),
         None => format!("started {id} pid={pid}"),
     }
-}
-
-/// The `boot` scenario: the driver binds to our card, draws fbcon, (hibmc) takes vblank IRQs.
-pub async fn scenario_boot(session: &mut Session) -> ScenarioReport {
-    let mut run = ScenarioRun::begin("boot", session, true);
-    session.fresh = false;
-    if let Err(e) = boot_checks(session, &mut run).await {
-        run.rig_error(format!("{e:#}"));
-    }
-    run.drain_console(session).await;
-    run.finish(session)
-}
-
-async fn boot_checks(session: &mut Session, run: &mut ScenarioRun) -> Result<()> {
-    run.step(session, "wait-bound");
-    let bind_timeout = session.cfg.bind_timeout;
-    let status = session.wait_bound(bind_timeout).await?;
-    session.record_bound(&status);
-    run.driver_bound = true;
-    run.pci_address.clone_from(&status.pci_address);
-    crate::say(&format!(
-        "{} bound to {}",
-        session.cfg.model().linux_driver(),
-        run.pci_address.as_deref().unwrap_or("?")
-    ));
-    for (key, value) in [
-        ("pci_address", &status.pci_address),
-        ("parent", &status.parent),
-        ("parent_id", &status.parent_id),
-        ("parent_class", &status.parent_class),
-        ("command", &status.command),
-        ("drm", &status.drm.first().cloned()),
-        ("fb0_size", &status.fb0_size),
-        ("irq", &status.irq),
-    ] {
-        if let Some(v) = value {
-            run.observe(key, v.as_str());
-        }
-    }
-    let (vendor, device) = session.cfg.model().pci_id();
-    let probed = match session
-        .ask(&GuestRequest::ProbeModes { vendor, device }, AGENT_WAIT)
-        .await?
-    {
-        GuestReply::Connectors(c) => c,
-        other => bail!("agent: probe-modes answered {other:?}"),
-    };
-    let lines = |f: fn(&guest_protocol::Connector) -> String| -> Vec<String> {
-        probed.iter().map(f).collect()
-    };
-    run.observe("connectors", lines(guest_protocol::Connector::status_line));
-    run.observe("modes", lines(guest_protocol::Connector::modes_line));
-    run.observe("fb0", status.fb0);
-    run.observe("dri_card0", status.dri_card0);
-    if !status.fb0 {
-        run.fail("/dev/fb0 does not exist: no fbdev emulation on our card");
-    }
-    if !status.dri_card0 {
-        run.fail("/dev/dri/card0 does not exist");
-    }
-    // The card sits behind the hotplug root port (QEMU's pcie-root-port is 1b36:000c).
-    if status.parent_id.as_deref() != Some("0x1b36:0x000c") {
-        run.fail(format!(
-            "the card is not behind the pcie-root-port (parent {:?})",
-            status.parent_id.as_deref()
-        ));
-    }
-
-    run.step(session, "screenshot");
-    let shot = session.cfg.out.join("screenshot.png");
-    let ink = session.screenshot(&shot, Duration::from_secs(30)).await?;
-    run.observe("screenshot_ink", ink);
-    run.screenshot = Some(shot);
-    if let Some(server) = &session.server {
-        if let Ok(reply) = server.request(&Request::Status).await {
-            if let Some(st) = reply.status {
-                run.observe("scanout", st.scanout.clone().unwrap_or_default());
-                run.observe("unimplemented_accesses", st.unimplemented_accesses);
-                run.observe(
-                    "registers",
-                    serde_json::to_value(&st.registers).unwrap_or_default(),
-                );
-            }
-        }
-    }
-
-    if session.cfg.model() == ModelKind::Hibmc {
-        run.step(session, "vblank");
-        let (a, b) = session.vblank_probe().await?;
-        run.observe("vblank_irqs_per_s", b.saturating_sub(a));
-        run.observe("vblank_irqs_total", b);
-        // Vblank IRQs flow only while something waits for vblank (fbcon's modeset did); after
-        // it they may stop (drm_vblank_off), so the total since boot is what is judged: none
-        // at all means the driver's MSIs never arrived (Bus Master Enable off).
-        if b == 0 {
-            run.fail("no vblank interrupt arrived while fbcon set its mode (the card's MSIs are lost: is Bus Master Enable set?)");
-        }
-    }
-    Ok(())
 }
 
 /// Runs one scenario's steps; the first step that does not hold ends it.
