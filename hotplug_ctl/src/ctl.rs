@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use crate::control::{self, Request};
 use crate::qmp::Qmp;
-use crate::scenario::Removal;
+use crate::scenario::{CardBreak, Removal, DEAD_CARD_GRACE};
 use crate::slot::{Slot, PCIEHP_WAIT};
 
 /// Where the card and its slot are.
@@ -76,14 +76,14 @@ pub async fn run(target: &Target, words: &[String]) -> Result<Value> {
             }
             let qmp_path = need(&target.qmp, "--qmp", "unplug")?;
             let mut qmp = Qmp::connect(qmp_path, Duration::from_secs(5)).await?;
-            match mode {
-                Removal::Surprise => {
-                    card(target, "unplug surprise", &Request::Dead).await?;
-                }
-                Removal::ServerCrash => {
-                    card(target, "unplug server-crash", &Request::Crash).await?;
-                }
-                _ => {}
+            let verb = format!("unplug {}", mode.name());
+            if let Some(how) = mode.breaks_card_first() {
+                let request = match how {
+                    CardBreak::Dead => Request::Dead,
+                    CardBreak::ServerKilled => Request::Crash,
+                };
+                card(target, &verb, &request).await?;
+                tokio::time::sleep(DEAD_CARD_GRACE).await;
             }
             target.slot().unplug(&mut qmp, PCIEHP_WAIT).await?;
             Ok(json!({ "ok": true, "unplugged": mode.name(), "device": target.device_id }))

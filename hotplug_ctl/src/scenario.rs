@@ -60,6 +60,18 @@ impl Removal {
         self != Removal::Unbind
     }
 
+    /// What a removal does to the card before its slot is emptied: a surprise removal makes it
+    /// dead, a server crash kills its server; the guest then gets [`DEAD_CARD_GRACE`] to meet
+    /// the broken card before pciehp hears of the removal. `None`: the card is taken as it is.
+    /// The one statement of the removal sequence, for `vanish ctl` and the runner.
+    pub fn breaks_card_first(self) -> Option<CardBreak> {
+        match self {
+            Removal::Surprise => Some(CardBreak::Dead),
+            Removal::ServerCrash => Some(CardBreak::ServerKilled),
+            Removal::Unbind | Removal::RemoveRescan | Removal::HotUnplug => None,
+        }
+    }
+
     /// Whether the card leaves QEMU too, so coming back needs a new server and `device_add`.
     pub fn leaves_vm(self) -> bool {
         matches!(
@@ -68,6 +80,19 @@ impl Removal {
         )
     }
 }
+
+/// How a removal breaks the card before its slot empties ([`Removal::breaks_card_first`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CardBreak {
+    /// The card stops answering: reads all-ones, no interrupts (its server stays up).
+    Dead,
+    /// The card's server process dies (QEMU answers the card's accesses with all-ones).
+    ServerKilled,
+}
+
+/// How long the guest meets a broken card (vblank, fbcon, clients) before the slot reports
+/// its removal, as on real hardware where the link drops before the slot's presence bit.
+pub const DEAD_CARD_GRACE: Duration = Duration::from_millis(500);
 
 impl std::str::FromStr for Removal {
     type Err = String;
@@ -712,6 +737,23 @@ mod tests {
             assert!(!s.description.is_empty(), "{name} has no description");
         }
         assert_eq!(builtin().len(), BUILTIN_TOML.len());
+    }
+
+    #[test]
+    fn only_surprise_and_server_crash_break_the_card_first() {
+        let broken: Vec<_> = Removal::ALL
+            .into_iter()
+            .filter_map(|r| r.breaks_card_first().map(|b| (r, b)))
+            .collect();
+        assert_eq!(
+            broken,
+            [
+                (Removal::Surprise, CardBreak::Dead),
+                (Removal::ServerCrash, CardBreak::ServerKilled)
+            ]
+        );
+        // A card that breaks first always leaves the VM (its slot is emptied after).
+        assert!(broken.iter().all(|(r, _)| r.leaves_vm()));
     }
 
     #[test]

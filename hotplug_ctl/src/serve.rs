@@ -45,7 +45,9 @@ pub fn card_spec(
         (None, false) => Monitor::Default,
     };
     CardSpec::new(model, vram_size, monitor).map_err(|e| match (e, edid) {
-        (SpecError::Edid(why), Some(path)) => UsageError(format!("--edid {}: {why}", path.display())),
+        (SpecError::Edid(why), Some(path)) => {
+            UsageError(format!("--edid {}: {why}", path.display()))
+        }
         (e, _) => UsageError(e.to_string()),
     })
 }

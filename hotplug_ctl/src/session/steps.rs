@@ -19,7 +19,9 @@ use crate::agent::AgentError;
 use crate::control::Request;
 use crate::report::CardPhase;
 use crate::report::ScenarioReport;
-use crate::scenario::{ClientKind, Condition, Exec, MappingState, Removal, Scenario, Step};
+use crate::scenario::{
+    CardBreak, ClientKind, Condition, Exec, MappingState, Removal, Scenario, Step, DEAD_CARD_GRACE,
+};
 use crate::slot::{Slot, UnplugError, PCIEHP_WAIT};
 
 /// Why a step did not hold.
@@ -202,27 +204,28 @@ impl Session {
                 )
                 .await?
             }
-            Removal::HotUnplug => self.device_del().await?,
-            Removal::Surprise => {
-                self.set_dead(true).await?;
-                // Let the driver meet the dead card (vblank, fbcon, clients) before the slot
-                // reports the removal, as on real hardware where the link drops first.
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                self.device_del().await?
-            }
-            Removal::ServerCrash => {
-                if let Some(server) = self.server.as_mut() {
-                    server.kill().await;
+            Removal::HotUnplug | Removal::Surprise | Removal::ServerCrash => {
+                match mode.breaks_card_first() {
+                    None => {}
+                    Some(CardBreak::Dead) => {
+                        self.set_dead(true).await?;
+                        tokio::time::sleep(DEAD_CARD_GRACE).await;
+                    }
+                    Some(CardBreak::ServerKilled) => {
+                        if let Some(server) = self.server.as_mut() {
+                            server.kill().await;
+                        }
+                        tokio::time::sleep(DEAD_CARD_GRACE).await;
+                        // What the guest sees of a card whose server is gone (QEMU answers
+                        // trapped accesses with all-ones and logs an error for each).
+                        let seen = self
+                            .read_mmio_bar()
+                            .await
+                            .map(|v| format!("{v:#010x}"))
+                            .unwrap_or_else(|e| format!("{e:#}"));
+                        run.observe("bar_read_after_crash", seen);
+                    }
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                // What the guest sees of a card whose server is gone (QEMU answers trapped
-                // accesses with all-ones and logs an error for each).
-                let seen = self
-                    .read_mmio_bar()
-                    .await
-                    .map(|v| format!("{v:#010x}"))
-                    .unwrap_or_else(|e| format!("{e:#}"));
-                run.observe("bar_read_after_crash", seen);
                 self.device_del().await?
             }
         }
@@ -458,7 +461,8 @@ impl Session {
         match cond {
             Condition::Bound => {
                 let s = self.card_status().await?;
-                if s.driver.as_deref() != Some(self.cfg.model().linux_driver()) || s.drm.is_empty() {
+                if s.driver.as_deref() != Some(self.cfg.model().linux_driver()) || s.drm.is_empty()
+                {
                     return fail(format!(
                         "expected {} bound with a DRM device, found driver {:?}",
                         self.cfg.model().linux_driver(),
