@@ -192,13 +192,11 @@ fn parse(log: &str) -> Parser {
     parser
 }
 
-/// The splats that start within lines `first_line..=last_line` (1-based, inclusive), e.g. the
-/// lines a scenario step covers: a splat belongs to the step during which it began.
-pub fn splats_between(splats: &[Splat], first_line: usize, last_line: usize) -> Vec<&Splat> {
-    splats
-        .iter()
-        .filter(|s| (first_line..=last_line).contains(&s.line))
-        .collect()
+/// The step a splat that began at console line `line` belongs to: the last of `steps` (in the
+/// order they began, `began` giving each one's first console line) that began at or before
+/// it. A splat belongs to the step during which it began, however far its report runs on.
+pub fn step_of<T>(steps: &[T], began: impl Fn(&T) -> usize, line: usize) -> Option<&T> {
+    steps.iter().rev().find(|s| began(s) <= line)
 }
 
 /// How far (in lines) after an incident's start a die header or WARNING line may still join it.
@@ -1395,16 +1393,20 @@ mod tests {
     }
 
     #[test]
-    fn splats_between_attributes_by_start_line() {
+    fn a_splat_belongs_to_the_step_it_began_in() {
         let splats = find_splats(include_str!("../tests/fixtures/splats/oops_x86_panic.txt"));
-        assert_eq!(splats_between(&splats, 1, 4).len(), 0);
-        assert_eq!(splats_between(&splats, 1, 5).len(), 1);
-        let late: Vec<_> = splats_between(&splats, 6, 200)
-            .iter()
-            .map(|s| s.kind)
-            .collect();
-        assert_eq!(late, [SplatKind::Panic]);
-        assert_eq!(splats_between(&splats, 5, 75).len(), 2);
+        // The Oops begins on line 5, the panic after it (before line 76).
+        assert_eq!(splats.first().map(|s| s.line), Some(5));
+        let steps = [(1, "boot"), (5, "unbind"), (6, "rescan"), (200, "later")];
+        let of = |s: &Splat| step_of(&steps, |st| st.0, s.line).map(|st| st.1);
+        let owners: Vec<_> = splats.iter().map(|s| (s.kind, of(s))).collect();
+        assert_eq!(owners.first().map(|o| o.1), Some(Some("unbind")));
+        assert_eq!(
+            owners.iter().find(|o| o.0 == SplatKind::Panic).map(|o| o.1),
+            Some(Some("rescan"))
+        );
+        // Nothing began before the first step.
+        assert_eq!(step_of(&steps[1..], |st| st.0, 4), None);
     }
 
     #[test]

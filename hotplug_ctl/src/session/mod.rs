@@ -349,11 +349,7 @@ impl ScenarioRun {
             .into_iter()
             .map(|mut s| {
                 let at = self.log_mark + s.line.saturating_sub(1);
-                let (step, phase) = self
-                    .steps
-                    .iter()
-                    .rev()
-                    .find(|(m, _, _)| *m <= at)
+                let (step, phase) = splat::step_of(&self.steps, |(m, _, _)| *m, at)
                     .map(|(_, n, p)| (n.clone(), *p))
                     .unwrap_or_default();
                 s.line = at + 1;
