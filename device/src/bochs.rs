@@ -10,7 +10,7 @@
 //! [`crate::regs`] (QEMU accepts 1..=4-byte DISPI accesses and only 4-byte qext ones).
 
 use pci_config::{Capability, PciIdentity};
-use vram_bar::{PixelFormat, Scanout, Vram};
+use vram_bar::{PixelFormat, Scanout};
 
 use crate::regs::{self, Register, Registers, Written};
 use crate::{
@@ -33,6 +33,16 @@ pub const MIN_VRAM_SIZE: u64 = 4 << 20;
 pub const VRAM_BAR: usize = 0;
 pub const MMIO_BAR: usize = 2;
 pub const MMIO_SIZE: u64 = 0x1000;
+
+/// The card's config-space identity.
+const IDENTITY: PciIdentity = PciIdentity {
+    vendor_id: VENDOR_ID,
+    device_id: DEVICE_ID,
+    subsystem_vendor_id: SUBSYSTEM_VENDOR_ID,
+    subsystem_id: SUBSYSTEM_ID,
+    class_code: CLASS_CODE,
+    revision: REVISION,
+};
 
 pub static INFO: ModelInfo = ModelInfo {
     kind: ModelKind::Bochs,
@@ -133,16 +143,8 @@ pub struct Bochs {
 
 impl Bochs {
     pub fn new(spec: &CardSpec) -> Result<Bochs, ModelError> {
-        let vram = Vram::new(spec.vram_size())?;
-        let identity = PciIdentity {
-            vendor_id: VENDOR_ID,
-            device_id: DEVICE_ID,
-            subsystem_vendor_id: SUBSYSTEM_VENDOR_ID,
-            subsystem_id: SUBSYSTEM_ID,
-            class_code: CLASS_CODE,
-            revision: REVISION,
-        };
-        let mut config = crate::display_config(identity, &vram, VRAM_BAR, MMIO_BAR, MMIO_SIZE)?;
+        let (vram, mut config) =
+            crate::display_card(IDENTITY, spec, VRAM_BAR, MMIO_BAR, MMIO_SIZE)?;
         config.add_capability(Capability::PciExpressEndpoint)?;
         config.add_capability(Capability::PowerManagement)?;
 
@@ -357,7 +359,9 @@ mod tests {
     fn two_block_edid() -> Vec<u8> {
         let mut blob = crate::edid::default_edid()[..128].to_vec();
         blob[126] = 1;
-        let mut ext: Vec<u8> = (0..128u32).map(|i| (i as u8).wrapping_mul(7) ^ 0x99).collect();
+        let mut ext: Vec<u8> = (0..128u32)
+            .map(|i| (i as u8).wrapping_mul(7) ^ 0x99)
+            .collect();
         ext[0] = 0x02;
         ext[1] = 0x03;
         ext[2] = 0x04;
@@ -382,8 +386,12 @@ mod tests {
         let make = || -> Box<dyn crate::DeviceModel> {
             Box::new(
                 Bochs::new(
-                    &CardSpec::new(ModelKind::Bochs, None, crate::Monitor::Edid(two_block_edid()))
-                        .unwrap(),
+                    &CardSpec::new(
+                        ModelKind::Bochs,
+                        None,
+                        crate::Monitor::Edid(two_block_edid()),
+                    )
+                    .unwrap(),
                 )
                 .unwrap(),
             )
@@ -391,7 +399,9 @@ mod tests {
         let dispi = DISPI_BASE..DISPI_BASE + 2 * DISPI_COUNT as u64;
         let memory_64k = (DEFAULT_VRAM_SIZE / 0x10000) as u16;
         let map = |o: u64| match o {
-            o if o < EDID_BASE + EDID_SIZE => Byte::Fixed(edid.get(o as usize).copied().unwrap_or(0)),
+            o if o < EDID_BASE + EDID_SIZE => {
+                Byte::Fixed(edid.get(o as usize).copied().unwrap_or(0))
+            }
             o if (VGA_BASE..VGA_BASE + VGA_SIZE).contains(&o) => Byte::Storage,
             o if (DISPI_BASE..DISPI_BASE + 2).contains(&o) => {
                 Byte::Fixed(DISPI_ID_VALUE.to_le_bytes()[(o & 1) as usize])

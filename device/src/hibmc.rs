@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use pci_config::{Capability, PciIdentity};
-use vram_bar::{PixelFormat, Scanout, Vram};
+use vram_bar::{PixelFormat, Scanout};
 
 use crate::i2c::{BusStats, Eeprom, I2cBus};
 use crate::regs::{self, Register, Registers, Written};
@@ -42,6 +42,16 @@ pub const MMIO_BAR: usize = 1;
 pub const MMIO_SIZE: u64 = 2 << 20;
 /// One vector (vblank). 7.x asks for 1..=2 (the second is DP hot-plug) and fails probe with none.
 pub const MSI_VECTORS: u32 = 1;
+
+/// The card's config-space identity.
+const IDENTITY: PciIdentity = PciIdentity {
+    vendor_id: VENDOR_ID,
+    device_id: DEVICE_ID,
+    subsystem_vendor_id: SUBSYSTEM_VENDOR_ID,
+    subsystem_id: SUBSYSTEM_ID,
+    class_code: CLASS_CODE,
+    revision: REVISION,
+};
 
 pub static INFO: ModelInfo = ModelInfo {
     kind: ModelKind::Hibmc,
@@ -211,16 +221,8 @@ pub struct Hibmc {
 
 impl Hibmc {
     pub fn new(spec: &CardSpec) -> Result<Hibmc, ModelError> {
-        let vram = Vram::new(spec.vram_size())?;
-        let identity = PciIdentity {
-            vendor_id: VENDOR_ID,
-            device_id: DEVICE_ID,
-            subsystem_vendor_id: SUBSYSTEM_VENDOR_ID,
-            subsystem_id: SUBSYSTEM_ID,
-            class_code: CLASS_CODE,
-            revision: REVISION,
-        };
-        let mut config = crate::display_config(identity, &vram, VRAM_BAR, MMIO_BAR, MMIO_SIZE)?;
+        let (vram, mut config) =
+            crate::display_card(IDENTITY, spec, VRAM_BAR, MMIO_BAR, MMIO_SIZE)?;
         config.add_capability(Capability::PowerManagement)?;
         config.add_capability(Capability::Msi {
             vectors: MSI_VECTORS as u8,

@@ -149,16 +149,17 @@ pub enum ModelError {
     Registers(#[from] regs::TableError),
 }
 
-/// Config space shared by both cards: identity, VRAM as a 32-bit prefetchable memory BAR and
-/// the registers as a 32-bit non-prefetchable one. 32-bit on purpose: hibmc maps its registers
-/// from resource 1, which a 64-bit BAR0 would occupy.
-pub(crate) fn display_config(
+/// The VRAM and config space both cards share: identity, the spec's VRAM as a 32-bit
+/// prefetchable memory BAR and the registers as a 32-bit non-prefetchable one. 32-bit on
+/// purpose: hibmc maps its registers from resource 1, which a 64-bit BAR0 would occupy.
+pub(crate) fn display_card(
     identity: PciIdentity,
-    vram: &Vram,
+    spec: &CardSpec,
     vram_bar: usize,
     mmio_bar: usize,
     mmio_size: u64,
-) -> Result<ConfigSpace, ModelError> {
+) -> Result<(Vram, ConfigSpace), ModelError> {
+    let vram = Vram::new(spec.vram_size())?;
     let mut config = ConfigSpace::new(identity);
     let bar = |size, prefetchable| BarSpec {
         size,
@@ -167,7 +168,7 @@ pub(crate) fn display_config(
     };
     config.set_bar(vram_bar, bar(vram.size(), true))?;
     config.set_bar(mmio_bar, bar(mmio_size, false))?;
-    Ok(config)
+    Ok((vram, config))
 }
 
 /// The data path of an emulated PCI function: what the guest reaches through QEMU.

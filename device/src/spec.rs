@@ -230,8 +230,12 @@ mod tests {
             r#"{"model":"hibmc","vram_size":16777216,"monitor":"absent"}"#
         );
         assert_eq!(CardSpec::from_json(&json), Ok(spec));
-        let edid = CardSpec::new(ModelKind::Bochs, None, Monitor::Edid(crate::edid::default_edid()))
-            .expect("ok");
+        let edid = CardSpec::new(
+            ModelKind::Bochs,
+            None,
+            Monitor::Edid(crate::edid::default_edid()),
+        )
+        .expect("ok");
         assert_eq!(CardSpec::from_json(&edid.to_json()), Ok(edid));
         // The same rules as new(): a spec edited on its way to the server is refused there.
         let e = CardSpec::from_json(r#"{"model":"hibmc","vram_size":3145728}"#).unwrap_err();

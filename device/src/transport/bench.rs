@@ -96,8 +96,7 @@ fn round_trip(fd: i32, request: &[u8], reply: &mut [u8]) -> Result<u64, ServerEr
 pub fn trapped_read_vs_echo(iterations: usize) -> Result<BenchResult, ServerError> {
     let spec = CardSpec::new(ModelKind::Hibmc, Some(1 << 20), Monitor::Default)
         .map_err(|e| ServerError::EventLoop(e.to_string()))?;
-    let model = build_model(&spec)
-    .map_err(|e| ServerError::EventLoop(e.to_string()))?;
+    let model = build_model(&spec).map_err(|e| ServerError::EventLoop(e.to_string()))?;
     let card = Card::new(model);
     let stop = Arc::new(AtomicBool::new(false));
 

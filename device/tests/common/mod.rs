@@ -17,7 +17,8 @@ pub const QEMU_CAPS: &str = r#"{"capabilities": {"max_msg_fds": 16, "max_data_xf
 
 pub fn card(kind: ModelKind) -> Arc<Card> {
     // The least VRAM each model takes: small BARs keep the tests' mmaps cheap.
-    let spec = CardSpec::new(kind, Some(kind.info().min_vram_size), Monitor::Default).expect("spec");
+    let spec =
+        CardSpec::new(kind, Some(kind.info().min_vram_size), Monitor::Default).expect("spec");
     Card::new(build_model(&spec).expect("model"))
 }
 
