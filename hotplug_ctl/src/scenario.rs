@@ -109,41 +109,19 @@ impl std::str::FromStr for Removal {
     }
 }
 
-/// Userspace clients the guest agent runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ClientKind {
-    /// Sets a mode with its own dumb buffer, keeps drawing through its mmap.
-    Kms,
-    /// Keeps writing to /dev/fb0 through its mmap.
-    Fbdev,
-    /// Holds /dev/dri/card0 open and does nothing.
-    IdleOpen,
-    /// A user command started by `exec ... background` (not a `client` kind).
-    Exec,
-}
+/// Userspace clients the guest agent runs: the protocol's own enum (one for host, agent and
+/// scenarios; an `exec` command is not a client kind).
+pub use guest_protocol::ClientKind;
 
-impl ClientKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            ClientKind::Kms => "kms",
-            ClientKind::Fbdev => "fbdev",
-            ClientKind::IdleOpen => "idle-open",
-            ClientKind::Exec => "exec",
-        }
-    }
-}
-
-impl std::str::FromStr for ClientKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "kms" => Ok(ClientKind::Kms),
-            "fbdev" => Ok(ClientKind::Fbdev),
-            "idle-open" => Ok(ClientKind::IdleOpen),
-            _ => Err(format!(
-                "unknown client '{s}' (expected kms, fbdev or idle-open)"
-            )),
-        }
+/// `client KIND` in a scenario.
+fn parse_client_kind(s: &str) -> Result<ClientKind, String> {
+    match s {
+        "kms" => Ok(ClientKind::Kms),
+        "fbdev" => Ok(ClientKind::Fbdev),
+        "idle-open" => Ok(ClientKind::IdleOpen),
+        _ => Err(format!(
+            "unknown client '{s}' (expected kms, fbdev or idle-open)"
+        )),
     }
 }
 
@@ -408,7 +386,7 @@ pub fn parse_step(text: &str) -> Result<Step, String> {
         ["wait-bound"] => Step::WaitBound(Duration::from_secs(60)),
         ["wait-bound", t] => Step::WaitBound(secs(t)?),
         ["client", kind, rest @ ..] => {
-            let kind: ClientKind = kind.parse()?;
+            let kind = parse_client_kind(kind)?;
             let mut name = kind.name().to_string();
             let mut wait_ready = true;
             let mut rest = rest.iter();

@@ -25,6 +25,15 @@ use crate::qemu::Vm;
 use crate::qmp::Qmp;
 use crate::report::{CardPhase, FoundSplat, ScenarioReport, SplatStatus, Verdict};
 use crate::scenario::{ClientKind, Removal};
+
+/// What runs in the guest under a name a scenario gave it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Running {
+    /// A `client` step's client.
+    Client(ClientKind),
+    /// An `exec ... background` command.
+    Exec,
+}
 use crate::splat;
 use crate::splat::SplatKind;
 
@@ -65,7 +74,7 @@ pub struct Session {
     /// How the card last left, so `replug` knows how to bring it back.
     last_removal: Option<Removal>,
     /// Clients started and not yet closed.
-    clients: BTreeMap<String, ClientKind>,
+    clients: BTreeMap<String, Running>,
     /// Final reports of closed clients.
     client_final: BTreeMap<String, ClientReport>,
     /// The driver bound at least once in this boot (later bind failures are the kernel's).

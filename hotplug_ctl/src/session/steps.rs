@@ -14,7 +14,7 @@ use guest_protocol::{
 };
 use serde_json::Value;
 
-use super::{ScenarioRun, Session, AGENT_WAIT};
+use super::{Running, ScenarioRun, Session, AGENT_WAIT};
 use crate::agent::AgentError;
 use crate::control::Request;
 use crate::report::CardPhase;
@@ -280,19 +280,13 @@ impl Session {
         // card1, not card0.
         let device = match kind {
             ClientKind::Fbdev => format!("/dev/{}", self.fb_node.as_deref().unwrap_or("fb0")),
-            ClientKind::Kms | ClientKind::IdleOpen | ClientKind::Exec => {
+            ClientKind::Kms | ClientKind::IdleOpen => {
                 format!("/dev/dri/{}", self.drm_node.as_deref().unwrap_or("card0"))
             }
         };
-        let protocol_kind = match kind {
-            ClientKind::Kms => guest_protocol::ClientKind::Kms,
-            ClientKind::Fbdev => guest_protocol::ClientKind::Fbdev,
-            ClientKind::IdleOpen => guest_protocol::ClientKind::IdleOpen,
-            ClientKind::Exec => return bail_step("exec commands start with `exec`, not `client`"),
-        };
         let request = GuestRequest::ClientStart {
             id: name.to_string(),
-            kind: protocol_kind,
+            kind,
             device,
             wait,
         };
@@ -317,7 +311,7 @@ impl Session {
             Ok(other) => return bail_step(&format!("agent: client-start answered {other:?}")),
             Err(e) => return Err(StepError::Rig(format!("client {name}: {e}"))),
         }
-        self.clients.insert(name.to_string(), kind);
+        self.clients.insert(name.to_string(), Running::Client(kind));
         Ok(())
     }
 
@@ -382,7 +376,7 @@ impl Session {
             Err(e) => return Err(StepError::Rig(format!("exec {name}: {e}"))),
         }
         self.client_final.remove(name);
-        self.clients.insert(name.clone(), ClientKind::Exec);
+        self.clients.insert(name.clone(), Running::Exec);
         Ok(())
     }
 
@@ -400,7 +394,7 @@ impl Session {
 
     /// Whether client `name` is an `exec` command (its report says kind "exec").
     async fn is_exec(&mut self, name: &str) -> Result<bool> {
-        if self.clients.get(name) == Some(&ClientKind::Exec) {
+        if self.clients.get(name) == Some(&Running::Exec) {
             return Ok(true);
         }
         let r = self.client_report(name).await?;
