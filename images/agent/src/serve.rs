@@ -1209,7 +1209,7 @@ while :; do sleep 0.05; done
         let status_path = dir.join("s.json");
         std::fs::write(
             &status_path,
-            r#"{"kind":"kms","pid":42,"state":"running","exited":false,"frames":9,"signals":{"SIGBUS":1}}"#,
+            r#"{"kind":"kms","pid":42,"state":"running","exited":false,"frames":9,"signals":{"SIGBUS":1},"last_error":"a\ud83d\ude00b"}"#,
         )
         .unwrap();
         let mut c = ClientProc {
@@ -1221,8 +1221,11 @@ while :; do sleep 0.05; done
         let r = report("c1", &c);
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
-            r#"{"id":"c1","pid":43,"kind":"kms","state":"running","alive":true,"exited":false,"exit_code":null,"exit_signal":null,"frames":9,"signals":{"SIGBUS":1}}"#
+            r#"{"id":"c1","pid":43,"kind":"kms","state":"running","alive":true,"exited":false,"exit_code":null,"exit_signal":null,"frames":9,"last_error":"a😀b","signals":{"SIGBUS":1}}"#
         );
+        // A \u surrogate pair decodes to its one character (the hand-written decoder before
+        // serde_json made two U+FFFD of it).
+        assert_eq!(r.detail_str("last_error"), Some("a\u{1f600}b"));
         assert_eq!(r.counter("signals", "SIGBUS"), 1);
         c.exit = Some(Exit::Signal(libc::SIGBUS));
         let r = report("c1", &c);
