@@ -2,10 +2,10 @@
 //! `hotplug_ctl` (the runner) and `images/agent` (the static agent in the guest). No I/O here.
 //!
 //! Framing on the virtio-serial port: the host writes one line `@req <Request as JSON>`; the
-//! agent answers one line `\x1e<Reply as JSON>`. Anything else the port carries (output of
-//! background jobs, the agent's older text verbs and shell lines, which humans and the agent's
-//! own tests use) is not part of this contract; the host skips lines that do not start with
-//! [`REPLY_MARK`].
+//! agent answers one line `\x1e<Reply as JSON>`. The only other thing the port carries is the
+//! raw pty relay of `vanish run --shell` (the line `@shell ROWS COLS`, see the agent's
+//! `shell.rs`), which is not part of this contract; the host skips lines that do not start
+//! with [`REPLY_MARK`].
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -76,13 +76,41 @@ pub enum ClientKind {
 }
 
 impl ClientKind {
-    /// The name on the agent's command line and in reports.
+    /// Every kind, in the order usage texts list them.
+    pub const ALL: [ClientKind; 3] = [ClientKind::Kms, ClientKind::Fbdev, ClientKind::IdleOpen];
+
+    /// The name on the agent's command line, in scenarios and in reports (the serde name too).
     pub fn name(self) -> &'static str {
         match self {
             ClientKind::Kms => "kms",
             ClientKind::Fbdev => "fbdev",
             ClientKind::IdleOpen => "idle-open",
         }
+    }
+
+    /// The device a client of this kind opens when none is named.
+    pub fn default_device(self) -> &'static str {
+        match self {
+            ClientKind::Kms | ClientKind::IdleOpen => "/dev/dri/card0",
+            ClientKind::Fbdev => "/dev/fb0",
+        }
+    }
+}
+
+impl std::fmt::Display for ClientKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ClientKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ClientKind, String> {
+        ClientKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("unknown client '{s}' (expected kms, fbdev or idle-open)"))
     }
 }
 
@@ -491,6 +519,29 @@ mod tests {
             encode_reply(&Reply::Error(GuestError::NoClient { id: "g".into() })),
             "\u{1e}{\"reply\":\"error\",\"body\":{\"error\":\"no-client\",\"id\":\"g\"}}"
         );
+    }
+
+    #[test]
+    fn client_kinds_parse_print_and_serialise_by_one_name() {
+        for kind in ClientKind::ALL {
+            assert_eq!(kind.name().parse::<ClientKind>(), Ok(kind));
+            assert_eq!(kind.to_string(), kind.name());
+            assert_eq!(
+                serde_json::to_value(kind).ok(),
+                Some(Value::from(kind.name()))
+            );
+        }
+        assert_eq!(
+            "gl".parse::<ClientKind>(),
+            Err("unknown client 'gl' (expected kms, fbdev or idle-open)".to_string())
+        );
+        // Names are exact: no case folding, no surrounding space.
+        assert!("KMS".parse::<ClientKind>().is_err());
+        assert!(" kms".parse::<ClientKind>().is_err());
+        assert!("".parse::<ClientKind>().is_err());
+        assert_eq!(ClientKind::Kms.default_device(), "/dev/dri/card0");
+        assert_eq!(ClientKind::IdleOpen.default_device(), "/dev/dri/card0");
+        assert_eq!(ClientKind::Fbdev.default_device(), "/dev/fb0");
     }
 
     #[test]

@@ -15,49 +15,13 @@
 //! COUNT volatile 32-bit reads at OFFSET, reporting the elapsed nanoseconds: with an emulated
 //! card every read traps into QEMU (and, for vanish, goes over the vfio-user socket).
 
-use std::ffi::CString;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use crate::drm::{self, IoctlError};
 use crate::fb;
-use crate::sys::{errno, errno_text};
-
-/// A shared read-write mapping, unmapped on drop.
-struct Map {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl Map {
-    fn new(fd: RawFd, len: usize, offset: u64) -> Result<Map, String> {
-        // SAFETY: a fresh shared mapping at a kernel-chosen address; checked below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                offset as libc::off_t,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(format!(
-                "mmap {len} bytes at {offset:#x}: {}",
-                errno_text(errno())
-            ));
-        }
-        Ok(Map { ptr: p.cast(), len })
-    }
-}
-
-impl Drop for Map {
-    fn drop(&mut self) {
-        // SAFETY: ptr..ptr+len is the mapping made in `new`.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
+use crate::mmap::Mapping;
+use crate::sys::open_rw;
 
 /// What a fill run wrote.
 #[derive(Debug, PartialEq)]
@@ -114,16 +78,6 @@ unsafe fn fill_frames(
     (frames, started.elapsed())
 }
 
-fn open_rw(device: &str) -> Result<RawFd, String> {
-    let path = CString::new(device).map_err(|_| format!("bad device path {device:?}"))?;
-    // SAFETY: a NUL-terminated path.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(format!("open {device}: {}", errno_text(errno())));
-    }
-    Ok(fd)
-}
-
 fn fill_fbdev(fd: RawFd, secs: Duration) -> Result<FillResult, String> {
     let e = |e: IoctlError| e.to_string();
     let var = fb::get_vscreeninfo(fd).map_err(e)?;
@@ -138,9 +92,9 @@ fn fill_fbdev(fd: RawFd, secs: Duration) -> Result<FillResult, String> {
             var.xres, var.yres, fix.smem_len
         ));
     }
-    let map = Map::new(fd, pitch * height, 0)?;
+    let map = Mapping::shared(fd, pitch * height, 0)?;
     // SAFETY: pitch * height bytes are mapped.
-    let (frames, elapsed) = unsafe { fill_frames(map.ptr, pitch, row_bytes, height, secs) };
+    let (frames, elapsed) = unsafe { fill_frames(map.ptr(), pitch, row_bytes, height, secs) };
     Ok(FillResult {
         width: var.xres,
         height: var.yres,
@@ -152,38 +106,24 @@ fn fill_fbdev(fd: RawFd, secs: Duration) -> Result<FillResult, String> {
 
 fn fill_kms(fd: RawFd, secs: Duration) -> Result<FillResult, String> {
     let e = |e: IoctlError| e.to_string();
-    let res = drm::get_resources(fd).map_err(e)?;
-    let mut conn = None;
-    for &id in &res.connectors {
-        let c = drm::get_connector(fd, id).map_err(e)?;
-        if c.connection == drm::DRM_MODE_CONNECTED && !c.modes.is_empty() {
-            conn = Some(c);
-            break;
-        }
-    }
-    let conn = conn.ok_or("no connected connector with modes")?;
-    let mode = drm::pick_mode(&conn.modes).ok_or("connector has no modes")?;
-    let crtc = drm::pick_crtc(fd, &res, &conn)
-        .map_err(e)?
-        .ok_or("no CRTC for the connector")?;
-    let (w, h) = (u32::from(mode.hdisplay), u32::from(mode.vdisplay));
-    let dumb = drm::create_dumb(fd, w, h, 32).map_err(e)?;
-    let fb_id = drm::add_fb(fd, w, h, dumb.pitch, 32, 24, dumb.handle).map_err(e)?;
+    let out = drm::Output::pick(fd)?;
+    let (w, h) = (out.width, out.height);
+    let fb = out.dumb_fb(fd).map_err(e)?;
     // Scan it out first: the VRAM helpers pin a scanout buffer in VRAM, so the mapping made
     // next is the card's memory (an unpinned buffer may sit in system RAM).
-    drm::set_crtc(fd, crtc, fb_id, conn.id, &mode).map_err(e)?;
-    let offset = drm::map_dumb(fd, dumb.handle).map_err(e)?;
-    let pitch = dumb.pitch as usize;
-    let map = Map::new(fd, dumb.size as usize, offset)?;
-    if pitch * h as usize > map.len {
+    out.scan_out(fd, &fb).map_err(e)?;
+    let offset = drm::map_dumb(fd, fb.dumb.handle).map_err(e)?;
+    let pitch = fb.dumb.pitch as usize;
+    let map = Mapping::shared(fd, fb.dumb.size as usize, offset)?;
+    if pitch * h as usize > map.len() {
         return Err(format!(
             "dumb buffer of {} bytes is smaller than {w}x{h}",
-            map.len
+            map.len()
         ));
     }
     // SAFETY: pitch * h bytes are mapped (checked above).
     let (frames, elapsed) =
-        unsafe { fill_frames(map.ptr, pitch, w as usize * 4, h as usize, secs) };
+        unsafe { fill_frames(map.ptr(), pitch, w as usize * 4, h as usize, secs) };
     Ok(FillResult {
         width: w,
         height: h,
@@ -251,9 +191,7 @@ pub fn vblank(secs: &str, device: Option<&str>) -> Result<String, String> {
             ..Default::default()
         };
         // SAFETY: the argument is drm_wait_vblank's layout (size checked by a test).
-        if let Err(e) =
-            unsafe { drm::ioctl(fd, "DRM_IOCTL_WAIT_VBLANK", DRM_IOCTL_WAIT_VBLANK, &mut w) }
-        {
+        if let Err(e) = unsafe { drm::named_ioctl!(fd, DRM_IOCTL_WAIT_VBLANK, &mut w) } {
             error = Some(e.to_string());
             break;
         }
@@ -279,12 +217,12 @@ pub fn reads(bdf: &str, bar: &str, offset: &str, count: &str) -> Result<String, 
         .ok_or_else(|| format!("bad read count {count:?}"))?;
     let file = crate::peek::open_bar(bdf, bar, offset)?;
     let page = offset & !0xfff;
-    let map = Map::new(file.as_raw_fd(), ((offset - page) + 4) as usize, page)?;
+    let map = Mapping::shared(file.as_raw_fd(), ((offset - page) + 4) as usize, page)?;
     let started = Instant::now();
     let mut last = 0u32;
     for _ in 0..count {
         // SAFETY: an aligned dword inside the mapping.
-        last = unsafe { std::ptr::read_volatile(map.ptr.add((offset - page) as usize).cast()) };
+        last = unsafe { std::ptr::read_volatile(map.ptr().add((offset - page) as usize).cast()) };
     }
     let ns = started.elapsed().as_nanos();
     Ok(format!("reads={count} ns={ns} value={last:#010x}"))

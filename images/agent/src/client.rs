@@ -8,54 +8,19 @@
 //! the mapping. Ioctl failures are counted by errno name and never end the client.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
+use guest_protocol::ClientKind;
+use serde::Serialize;
+
 use crate::drm::{self, IoctlError};
 use crate::fb;
-use crate::json::{self, Object};
+use crate::mmap::Mapping;
 use crate::pattern::{self, Surface};
-use crate::sys::{errno, errno_name, errno_text};
-
-/// What the client does with the device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// KMS: dumb buffer, ADDFB, SETCRTC, draw through the mmap, DIRTYFB + GETCRTC every frame.
-    Kms,
-    /// fbdev: mmap the framebuffer, draw, FBIOGET_VSCREENINFO every frame.
-    Fbdev,
-    /// Open the device and sleep.
-    IdleOpen,
-}
-
-impl Kind {
-    pub fn parse(s: &str) -> Option<Kind> {
-        match s {
-            "kms" => Some(Kind::Kms),
-            "fbdev" => Some(Kind::Fbdev),
-            "idle-open" => Some(Kind::IdleOpen),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Kms => "kms",
-            Kind::Fbdev => "fbdev",
-            Kind::IdleOpen => "idle-open",
-        }
-    }
-
-    pub fn default_device(self) -> &'static str {
-        match self {
-            Kind::Kms | Kind::IdleOpen => "/dev/dri/card0",
-            Kind::Fbdev => "/dev/fb0",
-        }
-    }
-}
+use crate::sys::{errno, errno_name, errno_text, open_rw};
 
 /// Time between frames.
 pub const FRAME: Duration = Duration::from_millis(50);
@@ -159,55 +124,49 @@ fn signal_counts() -> (u64, u64) {
 }
 
 /// A shared mapping of the device, known to the fault handler while it exists.
-struct Mapping {
-    base: usize,
-    len: usize,
-}
+struct WatchedMapping(Option<Mapping>);
 
-impl Mapping {
-    fn new(fd: RawFd, len: usize, offset: u64) -> Result<Mapping, String> {
-        // SAFETY: a fresh shared mapping of the device at a kernel-chosen address.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                offset as libc::off_t,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(format!(
-                "mmap {len} bytes at offset {offset:#x}: {}",
-                errno_text(errno())
-            ));
-        }
-        let m = Mapping {
-            base: p as usize,
-            len,
-        };
-        MAP_LEN.store(len, SeqCst);
-        MAP_BASE.store(m.base, SeqCst);
-        Ok(m)
+impl WatchedMapping {
+    fn new(fd: RawFd, len: usize, offset: u64) -> Result<WatchedMapping, String> {
+        let m = Mapping::shared(fd, len, offset)?;
+        MAP_LEN.store(m.len(), SeqCst);
+        MAP_BASE.store(m.ptr() as usize, SeqCst);
+        Ok(WatchedMapping(Some(m)))
     }
 
-    /// munmap; returns "ok" or the errno text.
-    fn unmap(self) -> String {
+    fn ptr(&self) -> *mut u8 {
+        self.0.as_ref().map_or(std::ptr::null_mut(), Mapping::ptr)
+    }
+
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, Mapping::len)
+    }
+
+    /// munmap; returns "ok" or the errno text (the status file's `munmap`).
+    fn unmap(mut self) -> String {
+        self.forget();
+        match self.0.take().map(Mapping::unmap) {
+            Some(Err(e)) => e,
+            Some(Ok(())) | None => "ok".to_string(),
+        }
+    }
+
+    /// The fault handler stops patching this range (before it is unmapped).
+    fn forget(&self) {
         MAP_BASE.store(0, SeqCst);
         MAP_LEN.store(0, SeqCst);
-        // SAFETY: base..base+len is the mapping we made (parts may be anonymous replacements).
-        if unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) } == 0 {
-            "ok".to_string()
-        } else {
-            errno_text(errno())
-        }
+    }
+}
+
+impl Drop for WatchedMapping {
+    fn drop(&mut self) {
+        self.forget();
     }
 }
 
 /// Everything the status file says.
 pub struct Status {
-    pub kind: Kind,
+    pub kind: ClientKind,
     pub device: String,
     pub pid: u32,
     pub state: &'static str,
@@ -234,7 +193,7 @@ pub struct Status {
 }
 
 impl Status {
-    pub fn new(kind: Kind, device: &str, path: &Path) -> Status {
+    pub fn new(kind: ClientKind, device: &str, path: &Path) -> Status {
         Status {
             kind,
             device: device.to_string(),
@@ -257,45 +216,36 @@ impl Status {
         }
     }
 
-    pub fn to_object(&self) -> Object {
+    /// The status file's contents as they are now.
+    fn file(&self) -> StatusFile<'_> {
         let (bus, segv) = signal_counts();
-        let signals = json::counters(
-            [("SIGBUS", bus), ("SIGSEGV", segv)]
-                .into_iter()
-                .filter(|(_, n)| *n > 0),
-        );
-        let first = FIRST_SIGNAL_SEEN
+        let signals = [("SIGBUS", bus), ("SIGSEGV", segv)]
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let first_signal_addr = FIRST_SIGNAL_SEEN
             .load(SeqCst)
             .then(|| format!("{:#x}", FIRST_SIGNAL_ADDR.load(SeqCst)));
-        let mut o = Object::new();
-        o.str("kind", self.kind.name())
-            .str("device", &self.device)
-            .num("pid", self.pid)
-            .str("state", self.state)
-            .opt_str("mode", self.mode.as_deref())
-            .num("frames", self.frames)
-            .raw("signals", signals)
-            .opt_str("first_signal_addr", first.as_deref())
-            .raw(
-                "ioctl_errors",
-                json::counters(self.ioctl_errors.iter().map(|(k, v)| (k.as_str(), *v))),
-            )
-            .raw(
-                "ignored_errors",
-                json::counters(self.ignored_errors.iter().map(|(k, v)| (k.as_str(), *v))),
-            )
-            .opt_str("last_error", self.last_error.as_deref())
-            .opt_str("close", self.close.as_deref())
-            .opt_str("munmap", self.munmap.as_deref())
-            .str("mapping", self.mapping)
-            .str("readback", self.readback)
-            .raw(
-                "readbacks",
-                json::counters(self.readbacks.iter().map(|(k, v)| (k.as_str(), *v))),
-            )
-            .bool("exited", self.exited)
-            .num("t_ms", self.started.elapsed().as_millis());
-        o
+        StatusFile {
+            kind: self.kind,
+            device: &self.device,
+            pid: self.pid,
+            state: self.state,
+            mode: self.mode.as_deref(),
+            frames: self.frames,
+            signals,
+            first_signal_addr,
+            ioctl_errors: &self.ioctl_errors,
+            ignored_errors: &self.ignored_errors,
+            last_error: self.last_error.as_deref(),
+            close: self.close.as_deref(),
+            munmap: self.munmap.as_deref(),
+            mapping: self.mapping,
+            readback: self.readback,
+            readbacks: &self.readbacks,
+            exited: self.exited,
+            t_ms: self.started.elapsed().as_millis(),
+        }
     }
 
     /// Writes the status file atomically (temp file + rename).
@@ -303,7 +253,8 @@ impl Status {
         self.last_write = Some(Instant::now());
         let mut tmp = self.path.clone().into_os_string();
         tmp.push(".tmp");
-        let text = self.to_object().to_json() + "\n";
+        // A struct of strings, numbers and string-keyed maps: serialising cannot fail.
+        let text = serde_json::to_string(&self.file()).unwrap_or_default() + "\n";
         if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &self.path)) {
             eprintln!(
                 "vanish-agent client: cannot write {}: {e}",
@@ -328,6 +279,31 @@ impl Status {
     }
 }
 
+/// The status file, one JSON object in this field order (serde keeps a struct's order); the
+/// agent reads it back and adds its own view (`serve.rs` `report`).
+#[derive(Serialize)]
+struct StatusFile<'a> {
+    kind: ClientKind,
+    device: &'a str,
+    pid: u32,
+    state: &'static str,
+    mode: Option<&'a str>,
+    frames: u64,
+    /// Fault signals by name; only those that arrived.
+    signals: BTreeMap<&'static str, u64>,
+    first_signal_addr: Option<String>,
+    ioctl_errors: &'a BTreeMap<String, u64>,
+    ignored_errors: &'a BTreeMap<String, u64>,
+    last_error: Option<&'a str>,
+    close: Option<&'a str>,
+    munmap: Option<&'a str>,
+    mapping: &'static str,
+    readback: &'static str,
+    readbacks: &'a BTreeMap<String, u64>,
+    exited: bool,
+    t_ms: u128,
+}
+
 /// What the frame loop does besides drawing.
 enum Poll {
     Kms { fb_id: u32, crtc_id: u32 },
@@ -337,7 +313,7 @@ enum Poll {
 
 /// An open, set-up client.
 struct Session {
-    mapping: Option<Mapping>,
+    mapping: Option<WatchedMapping>,
     surface: Option<Surface>,
     pack: Box<dyn Fn(u32) -> u32>,
     poll: Poll,
@@ -345,48 +321,31 @@ struct Session {
 
 fn setup_kms(fd: RawFd, st: &mut Status) -> Result<Session, String> {
     let e = |e: IoctlError| e.to_string();
-    let res = drm::get_resources(fd).map_err(e)?;
-    let mut chosen = None;
-    for &id in &res.connectors {
-        let c = drm::get_connector(fd, id).map_err(e)?;
-        if c.connection == drm::DRM_MODE_CONNECTED && !c.modes.is_empty() {
-            chosen = Some(c);
-            break;
-        }
-    }
-    let conn = chosen.ok_or_else(|| {
-        format!(
-            "no connected connector with modes among {:?}",
-            res.connectors
-        )
-    })?;
-    let mode = drm::pick_mode(&conn.modes).ok_or("connector has no modes")?;
-    let crtc_id = drm::pick_crtc(fd, &res, &conn)
-        .map_err(e)?
-        .ok_or_else(|| format!("no CRTC can drive connector {}", conn.id))?;
-    let (w, h) = (u32::from(mode.hdisplay), u32::from(mode.vdisplay));
-    st.mode = Some(format!("{w}x{h}"));
-    let dumb = drm::create_dumb(fd, w, h, 32).map_err(e)?;
-    let fb_id = drm::add_fb(fd, w, h, dumb.pitch, 32, 24, dumb.handle).map_err(e)?;
-    let offset = drm::map_dumb(fd, dumb.handle).map_err(e)?;
-    let mapping = Mapping::new(fd, dumb.size as usize, offset)?;
+    let out = drm::Output::pick(fd)?;
+    st.mode = Some(format!("{}x{}", out.width, out.height));
+    let fb = out.dumb_fb(fd).map_err(e)?;
+    let offset = drm::map_dumb(fd, fb.dumb.handle).map_err(e)?;
+    let mapping = WatchedMapping::new(fd, fb.dumb.size as usize, offset)?;
     st.mapping = "device";
     let surface = Surface {
-        ptr: mapping.base as *mut u8,
-        len: mapping.len,
-        pitch: dumb.pitch as usize,
-        width: w,
-        height: h,
+        ptr: mapping.ptr(),
+        len: mapping.len(),
+        pitch: fb.dumb.pitch as usize,
+        width: out.width,
+        height: out.height,
         bytes_per_pixel: 4,
     };
     let session = Session {
         mapping: Some(mapping),
         surface: Some(surface),
         pack: Box::new(|c| c),
-        poll: Poll::Kms { fb_id, crtc_id },
+        poll: Poll::Kms {
+            fb_id: fb.fb_id,
+            crtc_id: out.crtc_id,
+        },
     };
     draw(&session, 0, false);
-    drm::set_crtc(fd, crtc_id, fb_id, conn.id, &mode).map_err(e)?;
+    out.scan_out(fd, &fb).map_err(e)?;
     Ok(session)
 }
 
@@ -402,12 +361,12 @@ fn setup_fbdev(fd: RawFd, st: &mut Status) -> Result<Session, String> {
         ));
     }
     st.mode = Some(format!("{}x{}", var.xres, var.yres));
-    let mapping = Mapping::new(fd, fix.smem_len as usize, 0)?;
+    let mapping = WatchedMapping::new(fd, fix.smem_len as usize, 0)?;
     st.mapping = "device";
     let pitch = fix.line_length as usize;
     let surface = Surface {
-        ptr: mapping.base as *mut u8,
-        len: mapping.len,
+        ptr: mapping.ptr(),
+        len: mapping.len(),
         pitch,
         width: var.xres,
         height: var.yres,
@@ -490,16 +449,6 @@ fn poll(fd: RawFd, s: &Session, st: &mut Status) {
     }
 }
 
-fn open_device(device: &str) -> Result<RawFd, String> {
-    let path = CString::new(device).map_err(|_| format!("bad device path {device:?}"))?;
-    // SAFETY: a NUL-terminated path.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(format!("open {device}: {}", errno_text(errno())));
-    }
-    Ok(fd)
-}
-
 fn close_fd(fd: RawFd) -> String {
     // SAFETY: fd is ours and closed exactly once.
     if unsafe { libc::close(fd) } == 0 {
@@ -510,11 +459,11 @@ fn close_fd(fd: RawFd) -> String {
 }
 
 /// Runs the client until SIGTERM; returns the process exit code (0, or 1 if setup failed).
-pub fn run(kind: Kind, device: &str, status_path: &Path) -> i32 {
+pub fn run(kind: ClientKind, device: &str, status_path: &Path) -> i32 {
     install_handlers();
     let mut st = Status::new(kind, device, status_path);
     st.write();
-    let fd = match open_device(device) {
+    let fd = match open_rw(device) {
         Ok(fd) => fd,
         Err(e) => {
             st.last_error = Some(e);
@@ -524,9 +473,9 @@ pub fn run(kind: Kind, device: &str, status_path: &Path) -> i32 {
         }
     };
     let setup = match kind {
-        Kind::Kms => setup_kms(fd, &mut st),
-        Kind::Fbdev => setup_fbdev(fd, &mut st),
-        Kind::IdleOpen => Ok(Session {
+        ClientKind::Kms => setup_kms(fd, &mut st),
+        ClientKind::Fbdev => setup_fbdev(fd, &mut st),
+        ClientKind::IdleOpen => Ok(Session {
             mapping: None,
             surface: None,
             pack: Box::new(|c| c),
@@ -587,21 +536,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kinds() {
-        for k in [Kind::Kms, Kind::Fbdev, Kind::IdleOpen] {
-            assert_eq!(Kind::parse(k.name()), Some(k));
-        }
-        assert_eq!(Kind::parse("gl"), None);
-        assert_eq!(Kind::Fbdev.default_device(), "/dev/fb0");
-        assert_eq!(Kind::IdleOpen.default_device(), "/dev/dri/card0");
-    }
-
-    #[test]
     fn status_json_has_every_field() {
         let dir = std::env::temp_dir().join(format!("vanish-agent-status-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("s.json");
-        let mut st = Status::new(Kind::Kms, "/dev/dri/card0", &path);
+        let mut st = Status::new(ClientKind::Kms, "/dev/dri/card0", &path);
         st.mode = Some("1024x768".into());
         st.frames = 7;
         st.ioctl_error(IoctlError {
@@ -620,20 +559,24 @@ mod tests {
         st.set_state("running");
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.ends_with('\n') && text.lines().count() == 1);
-        let o = Object::parse(&text).unwrap();
-        assert_eq!(o.get_str("kind").as_deref(), Some("kms"));
-        assert_eq!(o.get_str("device").as_deref(), Some("/dev/dri/card0"));
-        assert_eq!(o.get("pid"), Some(std::process::id().to_string().as_str()));
-        assert_eq!(o.get_str("state").as_deref(), Some("running"));
-        assert_eq!(o.get_str("mode").as_deref(), Some("1024x768"));
-        assert_eq!(o.get("frames"), Some("7"));
-        assert_eq!(o.get("ioctl_errors"), Some(r#"{"EIO":1,"ENODEV":2}"#));
+        let o: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap();
+        assert_eq!(o["kind"], "kms");
+        assert_eq!(o["device"], "/dev/dri/card0");
+        assert_eq!(o["pid"], std::process::id());
+        assert_eq!(o["state"], "running");
+        assert_eq!(o["mode"], "1024x768");
+        assert_eq!(o["frames"], 7);
         assert_eq!(
-            o.get_str("last_error").as_deref(),
-            Some("DRM_IOCTL_MODE_DIRTYFB: EIO (Input/output error)")
+            o["ioctl_errors"],
+            serde_json::json!({"EIO": 1, "ENODEV": 2})
         );
-        assert_eq!(o.get_str("close").as_deref(), Some("ok"));
-        assert_eq!(o.get("exited"), Some("false"));
+        assert_eq!(
+            o["last_error"],
+            "DRM_IOCTL_MODE_DIRTYFB: EIO (Input/output error)"
+        );
+        assert_eq!(o["close"], "ok");
+        assert_eq!(o["exited"], false);
+        assert_eq!(o["munmap"], serde_json::Value::Null);
         for key in [
             "signals",
             "first_signal_addr",
@@ -644,8 +587,14 @@ mod tests {
             "readbacks",
             "t_ms",
         ] {
-            assert!(o.get(key).is_some(), "{key} missing");
+            assert!(o.contains_key(key), "{key} missing");
         }
+        // The fields in the order of the struct, the order humans read the file in.
+        let at = |key: &str| text.find(&format!("\"{key}\":")).unwrap_or(usize::MAX);
+        let order = [
+            "kind", "device", "pid", "state", "mode", "frames", "exited", "t_ms",
+        ];
+        assert!(order.windows(2).all(|w| at(w[0]) < at(w[1])), "{text}");
         assert!(!dir.join("s.json.tmp").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -656,25 +605,17 @@ mod tests {
     fn sigbus_on_the_mapping_is_survived() {
         install_handlers();
         let page = PAGE_SIZE.load(SeqCst);
-        let path = std::env::temp_dir().join(format!("vanish-agent-sigbus-{}", std::process::id()));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        file.set_len(2 * page as u64).unwrap();
+        let (path, file) = crate::mmap::scratch_file("sigbus", 2 * page as u64);
         let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-        let m = Mapping::new(fd, 2 * page, 0).unwrap();
-        let p = m.base as *mut u32;
+        let m = WatchedMapping::new(fd, 2 * page, 0).unwrap();
+        let p = m.ptr() as *mut u32;
         unsafe { p.write_volatile(1) };
         assert_eq!(signal_counts().0, 0);
         file.set_len(0).unwrap();
         unsafe { p.add(page / 4 + 1).write_volatile(0xdead_beef) };
         assert_eq!(signal_counts().0, 1);
         assert!(mapping_lost());
-        assert_eq!(FIRST_SIGNAL_ADDR.load(SeqCst), m.base + page + 4);
+        assert_eq!(FIRST_SIGNAL_ADDR.load(SeqCst), m.ptr() as usize + page + 4);
         assert_eq!(unsafe { p.add(page / 4 + 1).read_volatile() }, 0xdead_beef);
         assert_eq!(m.unmap(), "ok");
         std::fs::remove_file(&path).unwrap();

@@ -219,6 +219,15 @@ pub unsafe fn ioctl<T>(
     }
 }
 
+/// [`ioctl`] with the request constant's own name for errors: `named_ioctl!(fd, REQUEST, &mut
+/// arg)`. Unsafe like [`ioctl`]; the call site's `unsafe` block covers it.
+macro_rules! named_ioctl {
+    ($fd:expr, $request:ident, $arg:expr) => {
+        $crate::drm::ioctl($fd, stringify!($request), $request, $arg)
+    };
+}
+pub(crate) use named_ioctl;
+
 /// The object ids of GETRESOURCES.
 #[derive(Clone, Debug, Default)]
 pub struct Resources {
@@ -323,14 +332,7 @@ pub fn get_encoder(fd: RawFd, id: u32) -> Result<DrmModeGetEncoder, IoctlError> 
         encoder_id: id,
         ..Default::default()
     };
-    unsafe {
-        ioctl(
-            fd,
-            "DRM_IOCTL_MODE_GETENCODER",
-            DRM_IOCTL_MODE_GETENCODER,
-            &mut e,
-        )?
-    };
+    unsafe { named_ioctl!(fd, DRM_IOCTL_MODE_GETENCODER, &mut e)? };
     Ok(e)
 }
 
@@ -339,7 +341,7 @@ pub fn get_crtc(fd: RawFd, id: u32) -> Result<DrmModeCrtc, IoctlError> {
         crtc_id: id,
         ..Default::default()
     };
-    unsafe { ioctl(fd, "DRM_IOCTL_MODE_GETCRTC", DRM_IOCTL_MODE_GETCRTC, &mut c)? };
+    unsafe { named_ioctl!(fd, DRM_IOCTL_MODE_GETCRTC, &mut c)? };
     Ok(c)
 }
 
@@ -361,31 +363,7 @@ pub fn set_crtc(
         mode: *mode,
         ..Default::default()
     };
-    unsafe { ioctl(fd, "DRM_IOCTL_MODE_SETCRTC", DRM_IOCTL_MODE_SETCRTC, &mut c) }
-}
-
-/// CREATE_DUMB: a linear buffer; the kernel fills in handle, pitch and size.
-pub fn create_dumb(
-    fd: RawFd,
-    width: u32,
-    height: u32,
-    bpp: u32,
-) -> Result<DrmModeCreateDumb, IoctlError> {
-    let mut d = DrmModeCreateDumb {
-        width,
-        height,
-        bpp,
-        ..Default::default()
-    };
-    unsafe {
-        ioctl(
-            fd,
-            "DRM_IOCTL_MODE_CREATE_DUMB",
-            DRM_IOCTL_MODE_CREATE_DUMB,
-            &mut d,
-        )?
-    };
-    Ok(d)
+    unsafe { named_ioctl!(fd, DRM_IOCTL_MODE_SETCRTC, &mut c) }
 }
 
 /// MAP_DUMB: the fake mmap offset of a dumb buffer.
@@ -394,38 +372,8 @@ pub fn map_dumb(fd: RawFd, handle: u32) -> Result<u64, IoctlError> {
         handle,
         ..Default::default()
     };
-    unsafe {
-        ioctl(
-            fd,
-            "DRM_IOCTL_MODE_MAP_DUMB",
-            DRM_IOCTL_MODE_MAP_DUMB,
-            &mut m,
-        )?
-    };
+    unsafe { named_ioctl!(fd, DRM_IOCTL_MODE_MAP_DUMB, &mut m)? };
     Ok(m.offset)
-}
-
-/// ADDFB (legacy: depth 24, bpp 32 means XRGB8888); returns the framebuffer id.
-pub fn add_fb(
-    fd: RawFd,
-    width: u32,
-    height: u32,
-    pitch: u32,
-    bpp: u32,
-    depth: u32,
-    handle: u32,
-) -> Result<u32, IoctlError> {
-    let mut f = DrmModeFbCmd {
-        width,
-        height,
-        pitch,
-        bpp,
-        depth,
-        handle,
-        ..Default::default()
-    };
-    unsafe { ioctl(fd, "DRM_IOCTL_MODE_ADDFB", DRM_IOCTL_MODE_ADDFB, &mut f)? };
-    Ok(f.fb_id)
 }
 
 /// DIRTYFB with no clips: the whole framebuffer changed.
@@ -434,7 +382,7 @@ pub fn dirty_fb(fd: RawFd, fb_id: u32) -> Result<(), IoctlError> {
         fb_id,
         ..Default::default()
     };
-    unsafe { ioctl(fd, "DRM_IOCTL_MODE_DIRTYFB", DRM_IOCTL_MODE_DIRTYFB, &mut d) }
+    unsafe { named_ioctl!(fd, DRM_IOCTL_MODE_DIRTYFB, &mut d) }
 }
 
 /// The preferred mode, else the first.
@@ -468,6 +416,87 @@ pub fn pick_crtc(fd: RawFd, res: &Resources, conn: &Connector) -> Result<Option<
         }
     }
     Ok(None)
+}
+
+/// Where a client scans out: the first connected connector with modes, its preferred mode,
+/// and a CRTC that can drive it.
+pub struct Output {
+    pub connector_id: u32,
+    pub crtc_id: u32,
+    pub mode: DrmModeModeinfo,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// An XRGB8888 dumb buffer of an [`Output`]'s mode size and its framebuffer.
+pub struct DumbFb {
+    pub dumb: DrmModeCreateDumb,
+    pub fb_id: u32,
+}
+
+impl Output {
+    /// Picks the output of the card behind `fd` (probing its connectors).
+    pub fn pick(fd: RawFd) -> Result<Output, String> {
+        let e = |e: IoctlError| e.to_string();
+        let res = get_resources(fd).map_err(e)?;
+        let mut chosen = None;
+        for &id in &res.connectors {
+            let c = get_connector(fd, id).map_err(e)?;
+            if c.connection == DRM_MODE_CONNECTED && !c.modes.is_empty() {
+                chosen = Some(c);
+                break;
+            }
+        }
+        let connector = chosen.ok_or_else(|| {
+            format!(
+                "no connected connector with modes among {:?}",
+                res.connectors
+            )
+        })?;
+        let mode = pick_mode(&connector.modes).ok_or("connector has no modes")?;
+        let crtc_id = pick_crtc(fd, &res, &connector)
+            .map_err(e)?
+            .ok_or_else(|| format!("no CRTC can drive connector {}", connector.id))?;
+        Ok(Output {
+            connector_id: connector.id,
+            crtc_id,
+            mode,
+            width: u32::from(mode.hdisplay),
+            height: u32::from(mode.vdisplay),
+        })
+    }
+
+    /// CREATE_DUMB (a linear buffer of the mode's size; the kernel fills in handle, pitch and
+    /// size), then ADDFB (legacy: depth 24, bpp 32 means XRGB8888) on it.
+    pub fn dumb_fb(&self, fd: RawFd) -> Result<DumbFb, IoctlError> {
+        let (width, height) = (self.width, self.height);
+        let mut dumb = DrmModeCreateDumb {
+            width,
+            height,
+            bpp: 32,
+            ..Default::default()
+        };
+        unsafe { named_ioctl!(fd, DRM_IOCTL_MODE_CREATE_DUMB, &mut dumb)? };
+        let mut f = DrmModeFbCmd {
+            width,
+            height,
+            pitch: dumb.pitch,
+            bpp: 32,
+            depth: 24,
+            handle: dumb.handle,
+            ..Default::default()
+        };
+        unsafe { named_ioctl!(fd, DRM_IOCTL_MODE_ADDFB, &mut f)? };
+        Ok(DumbFb {
+            dumb,
+            fb_id: f.fb_id,
+        })
+    }
+
+    /// SETCRTC: scan `fb` out on this output.
+    pub fn scan_out(&self, fd: RawFd, fb: &DumbFb) -> Result<(), IoctlError> {
+        set_crtc(fd, self.crtc_id, fb.fb_id, self.connector_id, &self.mode)
+    }
 }
 
 #[cfg(test)]

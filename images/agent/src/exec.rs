@@ -1,12 +1,13 @@
-//! The user's own commands (`@exec start|run`): `sh -c CMD` in its own process group, stdout
-//! and stderr captured (the first [`CAP`] bytes of each, the rest counted and dropped).
+//! The user's own commands (requests `exec-start`, `exec-run`): `sh -c CMD` in its own process
+//! group, stdout and stderr captured (the first [`CAP`] bytes of each, the rest counted and
+//! dropped).
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use crate::json::Object;
+use serde_json::{Map, Value};
 
 /// How much of each stream is kept.
 pub const CAP: usize = 64 * 1024;
@@ -86,13 +87,17 @@ impl Exec {
         lock(&self.stdout).eof && lock(&self.stderr).eof
     }
 
-    /// Adds `stdout`, `stderr`, `*_bytes` and `*_truncated` to `o`.
-    pub fn output_into(&self, o: &mut Object) {
+    /// Adds `stdout`, `stderr`, `*_bytes` and `*_truncated` to a report's details.
+    pub fn output_into(&self, details: &mut Map<String, Value>) {
         for (key, c) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             let g = lock(c);
-            o.str(key, &String::from_utf8_lossy(&g.data))
-                .num(&format!("{key}_bytes"), g.total)
-                .bool(&format!("{key}_truncated"), g.total > g.data.len() as u64);
+            let text = String::from_utf8_lossy(&g.data).into_owned();
+            details.insert(key.to_string(), Value::from(text));
+            details.insert(format!("{key}_bytes"), Value::from(g.total));
+            details.insert(
+                format!("{key}_truncated"),
+                Value::from(g.total > g.data.len() as u64),
+            );
         }
     }
 }
@@ -150,12 +155,12 @@ mod tests {
         while !e.drained() && t.elapsed() < Duration::from_secs(5) {
             thread::sleep(Duration::from_millis(10));
         }
-        let mut o = Object::new();
+        let mut o = Map::new();
         e.output_into(&mut o);
-        assert_eq!(o.get("stdout_bytes"), Some("100004"));
-        assert_eq!(o.get("stdout_truncated"), Some("true"));
-        assert_eq!(o.get_str("stderr").as_deref(), Some("err\n"));
-        assert_eq!(o.get("stderr_truncated"), Some("false"));
+        assert_eq!(o["stdout_bytes"], 100004);
+        assert_eq!(o["stdout_truncated"], true);
+        assert_eq!(o["stderr"], "err\n");
+        assert_eq!(o["stderr_truncated"], false);
         assert_eq!(lock(&e.stdout).data.len(), CAP);
     }
 

@@ -76,13 +76,13 @@ pub struct FbFixScreeninfo {
 
 pub fn get_vscreeninfo(fd: RawFd) -> Result<FbVarScreeninfo, IoctlError> {
     let mut v = FbVarScreeninfo::default();
-    unsafe { crate::drm::ioctl(fd, "FBIOGET_VSCREENINFO", FBIOGET_VSCREENINFO, &mut v)? };
+    unsafe { crate::drm::named_ioctl!(fd, FBIOGET_VSCREENINFO, &mut v)? };
     Ok(v)
 }
 
 pub fn get_fscreeninfo(fd: RawFd) -> Result<FbFixScreeninfo, IoctlError> {
     let mut f = FbFixScreeninfo::default();
-    unsafe { crate::drm::ioctl(fd, "FBIOGET_FSCREENINFO", FBIOGET_FSCREENINFO, &mut f)? };
+    unsafe { crate::drm::named_ioctl!(fd, FBIOGET_FSCREENINFO, &mut f)? };
     Ok(f)
 }
 

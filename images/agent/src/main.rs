@@ -14,7 +14,7 @@ mod drm;
 mod exec;
 mod fb;
 mod inspect;
-mod json;
+mod mmap;
 mod pattern;
 mod peek;
 mod serve;
@@ -90,9 +90,8 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
             })
         }
         Some("client") => {
-            let kind_word = args.get(1).ok_or("client needs a kind")?;
-            let kind = client::Kind::parse(kind_word)
-                .ok_or_else(|| format!("unknown client kind {kind_word:?}"))?;
+            let kind: guest_protocol::ClientKind =
+                args.get(1).ok_or("client needs a kind")?.parse()?;
             let opts = options(&args[2..], &["--device", "--status"])?;
             let device = opt(&opts, "--device").unwrap_or(kind.default_device());
             let status = opt(&opts, "--status").map_or_else(

@@ -1,7 +1,7 @@
 //! `@shell ROWS COLS`: an interactive `sh -i` on a pty, relayed raw over the agent's port
 //! until the shell exits. Then the agent writes [`END_MARKER`] with the shell's status and a
 //! newline, and drops the next line from the host (the host sends one to end the relay: the
-//! agent may be waiting for input) before it goes back to the line protocol.
+//! agent may be waiting for input) before it goes back to serving requests.
 
 use std::fs::File;
 use std::io::{self, BufRead, Read, Write};

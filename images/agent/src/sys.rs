@@ -1,4 +1,5 @@
-//! Names for errno values and signals, as the status JSON and the host's reports spell them.
+//! Names for errno values and signals, as the status JSON and the host's reports spell them,
+//! and opening a device the way every client and bench program does.
 
 use std::io;
 
@@ -84,9 +85,32 @@ pub fn signal_name(sig: i32) -> String {
     name.to_string()
 }
 
+/// Opens `device` read-write (close-on-exec); the error names the device and the errno.
+pub fn open_rw(device: &str) -> Result<std::os::fd::RawFd, String> {
+    let path = std::ffi::CString::new(device).map_err(|_| format!("bad device path {device:?}"))?;
+    // SAFETY: a NUL-terminated path.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!("open {device}: {}", errno_text(errno())));
+    }
+    Ok(fd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn opens_devices_or_says_why_not() {
+        let fd = open_rw("/dev/null").unwrap();
+        // SAFETY: our fd.
+        assert_eq!(unsafe { libc::close(fd) }, 0);
+        assert_eq!(
+            open_rw("/nonexistent/card0"),
+            Err("open /nonexistent/card0: ENOENT (No such file or directory)".into())
+        );
+        assert!(open_rw("a\0b").is_err());
+    }
 
     #[test]
     fn names() {

@@ -1,5 +1,5 @@
 //! Runs the real binary as `serve --port /dev/pts/N`, as the guest runs it on a virtio-serial port,
-//! and drives the protocol from the pty's master side, including clients on /dev/null.
+//! and drives the typed protocol from the pty's master side, including clients on /dev/null.
 
 use std::ffi::CStr;
 use std::fs::File;
@@ -8,6 +8,8 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
+
+use guest_protocol::{ClientKind, ClientReport, GuestError, Reply, Request};
 
 struct Agent {
     master: File,
@@ -61,24 +63,20 @@ impl Agent {
         }
     }
 
-    /// Sends one line; returns (output, status).
-    fn run(&mut self, line: &str) -> (String, i32) {
+    /// Sends one typed request; returns the decoded reply.
+    fn ask(&mut self, request: &Request) -> Reply {
+        let line = guest_protocol::encode_request(request);
         self.master
             .write_all(format!("{line}\n").as_bytes())
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            // A reply ends with "\x1e<status>\n" at the start of a line.
-            if let Some(start) = self.pending.iter().position(|&b| b == 0x1e) {
-                if let Some(nl) = self.pending[start..].iter().position(|&b| b == b'\n') {
-                    let reply: Vec<u8> = self.pending.drain(..start + nl + 1).collect();
-                    let out = String::from_utf8(reply[..start].to_vec()).unwrap();
-                    let status = std::str::from_utf8(&reply[start + 1..start + nl])
-                        .unwrap()
-                        .parse()
-                        .unwrap();
-                    return (out, status);
-                }
+            // A reply is one line starting with the record separator.
+            if let Some(nl) = self.pending.iter().position(|&b| b == b'\n') {
+                let reply: Vec<u8> = self.pending.drain(..nl + 1).collect();
+                let text = String::from_utf8(reply).unwrap();
+                return guest_protocol::decode_reply(&text)
+                    .unwrap_or_else(|e| panic!("{line}: {e}"));
             }
             assert!(
                 Instant::now() < deadline,
@@ -97,6 +95,32 @@ impl Agent {
             }
         }
     }
+
+    fn start_client(&mut self, id: &str, kind: ClientKind, device: &str) -> Reply {
+        self.ask(&Request::ClientStart {
+            id: id.into(),
+            kind,
+            device: device.into(),
+            wait: true,
+        })
+    }
+
+    fn report(&mut self, id: &str) -> ClientReport {
+        match self.ask(&Request::ClientReport { id: id.into() }) {
+            Reply::Client(r) => r,
+            other => panic!("report {id}: {other:?}"),
+        }
+    }
+
+    fn stop(&mut self, id: &str, timeout_ms: u64) -> ClientReport {
+        match self.ask(&Request::ClientStop {
+            id: id.into(),
+            timeout_ms,
+        }) {
+            Reply::Client(r) => r,
+            other => panic!("stop {id}: {other:?}"),
+        }
+    }
 }
 
 impl Drop for Agent {
@@ -107,121 +131,124 @@ impl Drop for Agent {
     }
 }
 
-fn field<'a>(json: &'a str, key: &str) -> &'a str {
-    let pat = format!("\"{key}\":");
-    let start = json
-        .find(&pat)
-        .unwrap_or_else(|| panic!("{key} missing from {json}"))
-        + pat.len();
-    let rest = &json[start..];
-    let end = if let Some(quoted) = rest.strip_prefix('"') {
-        quoted.find('"').map(|i| i + 2)
-    } else {
-        rest.find([',', '}'])
-    };
-    &rest[..end.unwrap()]
-}
-
 #[test]
 fn serves_a_pty_port() {
     let mut a = Agent::start("basic");
-    assert_eq!(a.run("@ping"), ("pong\n".into(), 0));
-    assert_eq!(
-        a.run("echo hello; echo oops >&2; exit 4"),
-        ("hello\noops\n".into(), 4)
+    assert!(
+        matches!(a.ask(&Request::Status), Reply::Status { kernel_release } if !kernel_release.is_empty())
     );
-    assert_eq!(a.run("printf no-newline"), ("no-newline\n".into(), 0));
-    assert_eq!(a.run("@what"), ("error: unknown verb @what\n".into(), 2));
+    let r = match a.ask(&Request::ExecRun {
+        id: "r".into(),
+        timeout_ms: 5000,
+        cmd: "echo hello; echo oops >&2; printf no-newline; exit 4".into(),
+    }) {
+        Reply::Client(r) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(r.exit_code, Some(4));
+    assert_eq!(r.detail_str("stdout"), Some("hello\nno-newline"));
+    assert_eq!(r.detail_str("stderr"), Some("oops\n"));
 }
 
 #[test]
 fn runs_idle_open_clients() {
     let mut a = Agent::start("idle");
-    let (out, st) = a.run("@client start c1 idle-open /dev/null");
-    assert_eq!(st, 0, "{out}");
-    let mut lines = out.lines();
-    let first = lines.next().unwrap();
-    assert!(first.starts_with("started c1 pid="), "{out}");
-    let pid = first.trim_start_matches("started c1 pid=");
-    let json = lines.next().unwrap();
-    assert_eq!(field(json, "kind"), "\"idle-open\"");
-    assert_eq!(field(json, "device"), "\"/dev/null\"");
-    assert_eq!(field(json, "pid"), pid);
+    let r = a.start_client("c1", ClientKind::IdleOpen, "/dev/null");
+    let Reply::Started {
+        id,
+        pid,
+        report: Some(ready),
+    } = r
+    else {
+        panic!("{r:?}")
+    };
+    assert_eq!(id, "c1");
+    assert_eq!(ready.kind.as_deref(), Some("idle-open"));
+    assert_eq!(ready.detail_str("device"), Some("/dev/null"));
+    assert_eq!(ready.pid, pid);
     assert!(
-        matches!(field(json, "state"), "\"ready\"" | "\"running\""),
-        "{json}"
+        matches!(ready.state.as_deref(), Some("ready" | "running")),
+        "{ready:?}"
     );
-    assert_eq!(field(json, "alive"), "true");
+    assert!(ready.alive);
 
-    let (again, st) = a.run("@client start c1 idle-open /dev/null");
-    assert_eq!(st, 1, "{again}");
+    let again = a.start_client("c1", ClientKind::IdleOpen, "/dev/null");
+    assert!(
+        matches!(&again, Reply::Error(GuestError::ClientFailed { .. })),
+        "{again:?}"
+    );
 
-    let (report, st) = a.run("@client report c1");
-    assert_eq!(st, 0);
-    assert_eq!(report.lines().count(), 1);
-    assert_eq!(field(&report, "alive"), "true");
-    assert_eq!(field(&report, "exited"), "false");
+    let report = a.report("c1");
+    assert!(report.alive && !report.exited, "{report:?}");
 
-    let (stop, st) = a.run("@client stop c1 3000");
-    assert_eq!(st, 0, "{stop}");
-    assert_eq!(field(&stop, "exited"), "true");
-    assert_eq!(field(&stop, "state"), "\"exited\"");
-    assert_eq!(field(&stop, "close"), "\"ok\"");
-    assert_eq!(field(&stop, "exit_code"), "0");
-    assert_eq!(field(&stop, "alive"), "false");
+    let stop = a.stop("c1", 3000);
+    assert!(stop.exited && !stop.alive, "{stop:?}");
+    assert_eq!(stop.state.as_deref(), Some("exited"));
+    assert_eq!(stop.detail_str("close"), Some("ok"));
+    assert_eq!(stop.exit_code, Some(0));
 
     // The id can be reused once the client is gone.
-    assert_eq!(a.run("@client start c1 idle-open /dev/null").1, 0);
-    assert_eq!(a.run("@client stop c1").1, 0);
+    assert!(matches!(
+        a.start_client("c1", ClientKind::IdleOpen, "/dev/null"),
+        Reply::Started { .. }
+    ));
+    assert_eq!(a.stop("c1", 5000).exit_code, Some(0));
 }
 
 #[test]
 fn reports_failed_clients() {
     let mut a = Agent::start("failed");
-    for (kind, errno) in [("kms", "ENOTTY"), ("fbdev", "ENOTTY")] {
-        let (out, st) = a.run(&format!("@client start f-{kind} {kind} /dev/null"));
-        assert_eq!(st, 1, "{out}");
-        assert!(out.contains(errno), "{out}");
+    for kind in [ClientKind::Kms, ClientKind::Fbdev] {
+        let id = format!("f-{kind}");
+        let r = a.start_client(&id, kind, "/dev/null");
+        let Reply::Error(GuestError::ClientFailed {
+            message,
+            report: Some(failed),
+        }) = r
+        else {
+            panic!("{r:?}")
+        };
         assert!(
-            out.lines()
-                .last()
-                .unwrap()
-                .starts_with(&format!("error: client f-{kind} failed: ")),
-            "{out}"
+            message.starts_with(&format!("client {id} failed: ")),
+            "{message}"
         );
-        let (report, _) = a.run(&format!("@client report f-{kind}"));
-        assert_eq!(field(&report, "state"), "\"failed\"");
-        assert_eq!(field(&report, "exit_code"), "1");
-        assert_eq!(field(&report, "close"), "\"ok\"");
+        assert!(message.contains("ENOTTY"), "{message}");
+        assert_eq!(failed.state.as_deref(), Some("failed"));
+        let report = a.report(&id);
+        assert_eq!(report.state.as_deref(), Some("failed"));
+        assert_eq!(report.exit_code, Some(1));
+        assert_eq!(report.detail_str("close"), Some("ok"));
     }
-    let (out, st) = a.run("@client start gone idle-open /nonexistent/card0");
-    assert_eq!(st, 1);
-    assert!(out.contains("ENOENT"), "{out}");
+    let r = a.start_client("gone", ClientKind::IdleOpen, "/nonexistent/card0");
+    assert!(
+        matches!(&r, Reply::Error(GuestError::ClientFailed { message, .. }) if message.contains("ENOENT")),
+        "{r:?}"
+    );
 }
 
 #[test]
 fn reports_a_client_that_does_not_stop() {
     let mut a = Agent::start("hung");
-    let (out, st) = a.run("@client start h idle-open /dev/null");
-    assert_eq!(st, 0, "{out}");
-    let pid = out
-        .lines()
-        .next()
-        .unwrap()
-        .trim_start_matches("started h pid=")
-        .to_string();
+    let r = a.start_client("h", ClientKind::IdleOpen, "/dev/null");
+    let Reply::Started { pid, .. } = r else {
+        panic!("{r:?}")
+    };
     // A stopped process cannot act on SIGTERM: it stands in for one stuck in the kernel.
-    assert_eq!(a.run(&format!("kill -STOP {pid}")).1, 0);
+    // SAFETY: plain kill(2) of the agent's client.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
     let t = Instant::now();
-    let (stop, st) = a.run("@client stop h 300");
+    let stop = a.stop("h", 300);
     assert!(t.elapsed() < Duration::from_secs(5));
-    assert_eq!(st, 1, "{stop}");
-    assert_eq!(field(&stop, "state"), "\"hung\"");
-    assert_eq!(field(&stop, "exited"), "false");
-    assert!(field(&stop, "proc_state").starts_with("\"T "), "{stop}");
-    assert!(stop.contains("\"wchan\":"), "{stop}");
-    assert_eq!(a.run(&format!("kill -CONT {pid}")).1, 0);
-    let (stop, st) = a.run("@client stop h 3000");
-    assert_eq!(st, 0, "{stop}");
-    assert_eq!(field(&stop, "state"), "\"exited\"");
+    assert_eq!(stop.state.as_deref(), Some("hung"), "{stop:?}");
+    assert!(!stop.exited);
+    assert!(
+        stop.detail_str("proc_state")
+            .is_some_and(|s| s.starts_with("T ")),
+        "{stop:?}"
+    );
+    assert!(stop.details.contains_key("wchan"), "{stop:?}");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let stop = a.stop("h", 3000);
+    assert_eq!(stop.state.as_deref(), Some("exited"), "{stop:?}");
 }
