@@ -113,18 +113,6 @@ impl std::str::FromStr for Removal {
 /// scenarios; an `exec` command is not a client kind).
 pub use guest_protocol::ClientKind;
 
-/// `client KIND` in a scenario.
-fn parse_client_kind(s: &str) -> Result<ClientKind, String> {
-    match s {
-        "kms" => Ok(ClientKind::Kms),
-        "fbdev" => Ok(ClientKind::Fbdev),
-        "idle-open" => Ok(ClientKind::IdleOpen),
-        _ => Err(format!(
-            "unknown client '{s}' (expected kms, fbdev or idle-open)"
-        )),
-    }
-}
-
 /// Something that must hold at a point of a scenario.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Condition {
@@ -386,7 +374,7 @@ pub fn parse_step(text: &str) -> Result<Step, String> {
         ["wait-bound"] => Step::WaitBound(Duration::from_secs(60)),
         ["wait-bound", t] => Step::WaitBound(secs(t)?),
         ["client", kind, rest @ ..] => {
-            let kind = parse_client_kind(kind)?;
+            let kind: ClientKind = kind.parse()?;
             let mut name = kind.name().to_string();
             let mut wait_ready = true;
             let mut rest = rest.iter();
