@@ -19,13 +19,6 @@ use crate::{
 
 pub const VENDOR_ID: u16 = 0x1234;
 pub const DEVICE_ID: u16 = 0x1111;
-/// bochs-drm maps subsystem `1af4:1100` to "QEMU stdvga".
-pub const SUBSYSTEM_VENDOR_ID: u16 = 0x1af4;
-pub const SUBSYSTEM_ID: u16 = 0x1100;
-/// Revision 2 makes bochs-drm use the QEMU extension registers at 0x600.
-pub const REVISION: u8 = 2;
-/// Display controller, "other" (as QEMU's bochs-display), so vgaarb never picks it as boot VGA.
-pub const CLASS_CODE: u32 = 0x03_80_00;
 pub const DEFAULT_VRAM_SIZE: u64 = 16 << 20;
 /// bochs-drm 6.1/6.12 ignore a card with less.
 pub const MIN_VRAM_SIZE: u64 = 4 << 20;
@@ -34,16 +27,6 @@ pub const VRAM_BAR: usize = 0;
 pub const MMIO_BAR: usize = 2;
 pub const MMIO_SIZE: u64 = 0x1000;
 
-/// The card's config-space identity.
-const IDENTITY: PciIdentity = PciIdentity {
-    vendor_id: VENDOR_ID,
-    device_id: DEVICE_ID,
-    subsystem_vendor_id: SUBSYSTEM_VENDOR_ID,
-    subsystem_id: SUBSYSTEM_ID,
-    class_code: CLASS_CODE,
-    revision: REVISION,
-};
-
 pub static INFO: ModelInfo = ModelInfo {
     kind: ModelKind::Bochs,
     name: "bochs",
@@ -51,7 +34,18 @@ pub static INFO: ModelInfo = ModelInfo {
     linux_module: "bochs",
     // Its probe ends by setting up the fbdev client (drm_fbdev_generic/ttm_setup, drm_client_setup).
     emulates_fbdev: true,
-    pci_id: (VENDOR_ID, DEVICE_ID),
+    identity: PciIdentity {
+        vendor_id: VENDOR_ID,
+        device_id: DEVICE_ID,
+        // bochs-drm maps subsystem 1af4:1100 to "QEMU stdvga".
+        subsystem_vendor_id: 0x1af4,
+        subsystem_id: 0x1100,
+        // Display controller, "other" (as QEMU's bochs-display), so vgaarb never picks it as
+        // boot VGA.
+        class_code: 0x03_80_00,
+        // Revision 2 makes bochs-drm use the QEMU extension registers at 0x600.
+        revision: 2,
+    },
     default_vram_size: DEFAULT_VRAM_SIZE,
     min_vram_size: MIN_VRAM_SIZE,
     vram_bar: VRAM_BAR,
@@ -144,7 +138,7 @@ pub struct Bochs {
 impl Bochs {
     pub fn new(spec: &CardSpec) -> Result<Bochs, ModelError> {
         let (vram, mut config) =
-            crate::display_card(IDENTITY, spec, VRAM_BAR, MMIO_BAR, MMIO_SIZE)?;
+            crate::display_card(INFO.identity, spec, VRAM_BAR, MMIO_BAR, MMIO_SIZE)?;
         config.add_capability(Capability::PciExpressEndpoint)?;
         config.add_capability(Capability::PowerManagement)?;
 

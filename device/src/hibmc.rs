@@ -24,13 +24,6 @@ use crate::{
 
 pub const VENDOR_ID: u16 = 0x19e5;
 pub const DEVICE_ID: u16 = 0x1711;
-/// The driver matches any subsystem; what real cards carry is not known, so repeat the IDs.
-pub const SUBSYSTEM_VENDOR_ID: u16 = VENDOR_ID;
-pub const SUBSYSTEM_ID: u16 = DEVICE_ID;
-/// "Hi1710 ... (rev 01)" on real hardware; the driver never reads it.
-pub const REVISION: u8 = 1;
-/// VGA-compatible display controller, as real cards report.
-pub const CLASS_CODE: u32 = 0x03_00_00;
 /// What real cards have; the driver uses whatever BAR0 size it finds.
 pub const DEFAULT_VRAM_SIZE: u64 = 32 << 20;
 
@@ -43,16 +36,6 @@ pub const MMIO_SIZE: u64 = 2 << 20;
 /// One vector (vblank). 7.x asks for 1..=2 (the second is DP hot-plug) and fails probe with none.
 pub const MSI_VECTORS: u32 = 1;
 
-/// The card's config-space identity.
-const IDENTITY: PciIdentity = PciIdentity {
-    vendor_id: VENDOR_ID,
-    device_id: DEVICE_ID,
-    subsystem_vendor_id: SUBSYSTEM_VENDOR_ID,
-    subsystem_id: SUBSYSTEM_ID,
-    class_code: CLASS_CODE,
-    revision: REVISION,
-};
-
 pub static INFO: ModelInfo = ModelInfo {
     kind: ModelKind::Hibmc,
     name: "hibmc",
@@ -60,7 +43,18 @@ pub static INFO: ModelInfo = ModelInfo {
     linux_module: "hibmc-drm",
     // Its probe ends by setting up the fbdev client (drm_fbdev_generic/ttm_setup, drm_client_setup).
     emulates_fbdev: true,
-    pci_id: (VENDOR_ID, DEVICE_ID),
+    identity: PciIdentity {
+        vendor_id: VENDOR_ID,
+        device_id: DEVICE_ID,
+        // The driver matches any subsystem; what real cards carry is not known, so repeat the
+        // IDs.
+        subsystem_vendor_id: VENDOR_ID,
+        subsystem_id: DEVICE_ID,
+        // VGA-compatible display controller, as real cards report.
+        class_code: 0x03_00_00,
+        // "Hi1710 ... (rev 01)" on real hardware; the driver never reads it.
+        revision: 1,
+    },
     default_vram_size: DEFAULT_VRAM_SIZE,
     // What the CLI always allowed; hibmc-drm itself wants room for its console framebuffer.
     min_vram_size: 1 << 20,
@@ -222,7 +216,7 @@ pub struct Hibmc {
 impl Hibmc {
     pub fn new(spec: &CardSpec) -> Result<Hibmc, ModelError> {
         let (vram, mut config) =
-            crate::display_card(IDENTITY, spec, VRAM_BAR, MMIO_BAR, MMIO_SIZE)?;
+            crate::display_card(INFO.identity, spec, VRAM_BAR, MMIO_BAR, MMIO_SIZE)?;
         config.add_capability(Capability::PowerManagement)?;
         config.add_capability(Capability::Msi {
             vectors: MSI_VECTORS as u8,

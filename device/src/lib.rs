@@ -67,7 +67,7 @@ impl ModelKind {
 
     /// `vendor:device` as lspci prints it.
     pub fn pci_id(self) -> (u16, u16) {
-        self.info().pci_id
+        self.info().pci_id()
     }
 
     pub fn default_vram_size(self) -> u64 {
@@ -92,8 +92,8 @@ pub struct ModelInfo {
     /// The driver sets up DRM's fbdev emulation, so a bound card gets an fb node (on a kernel
     /// built with CONFIG_DRM_FBDEV_EMULATION), a little after its DRM node.
     pub emulates_fbdev: bool,
-    /// (vendor, device).
-    pub pci_id: (u16, u16),
+    /// Vendor, device, subsystem, class and revision, as config space shows them.
+    pub identity: PciIdentity,
     pub default_vram_size: u64,
     /// The least VRAM its Linux driver accepts (a [`CardSpec`] rule).
     pub min_vram_size: u64,
@@ -115,6 +115,13 @@ impl std::str::FromStr for ModelKind {
                 "unknown card model '{s}' (expected bochs or hibmc)"
             )),
         }
+    }
+}
+
+impl ModelInfo {
+    /// (vendor, device) as lspci prints them.
+    pub fn pci_id(&self) -> (u16, u16) {
+        (self.identity.vendor_id, self.identity.device_id)
     }
 }
 

@@ -85,7 +85,7 @@ impl Running {
         );
         assert_eq!(h.flags & wire::flags::ERROR, 0, "config read failed: {h:?}");
         let vendor = u16::from_le_bytes([body[32], body[33]]);
-        let (want, _) = self.card.info().pci_id;
+        let (want, _) = self.card.info().pci_id();
         assert_eq!(vendor, want);
     }
 }
