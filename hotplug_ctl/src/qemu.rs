@@ -200,13 +200,11 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Starts QEMU; the console goes to `console_log`, QEMU's own messages to `qemu_log`.
-    pub async fn start(
-        qemu: &Qemu,
-        cfg: &VmConfig,
-        console_log: &Path,
-        qemu_log: &Path,
-    ) -> Result<Vm> {
+    /// Starts QEMU with a run's logs in `out`: the console in `console.log`, QEMU's own
+    /// messages in `qemu.log`.
+    pub async fn start(qemu: &Qemu, cfg: &VmConfig, out: &Path) -> Result<Vm> {
+        let console_log = &out.join("console.log");
+        let qemu_log = &out.join("qemu.log");
         let mut cmd: Command = qemu.command().into();
         cmd.args(args(cfg));
         let stderr = std::fs::File::create(qemu_log)

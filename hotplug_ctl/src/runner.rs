@@ -197,13 +197,7 @@ async fn boot(cfg: &RunConfig, rig: &Rig) -> Result<Session> {
         rig.accel,
         cfg.model().name()
     ));
-    let mut vm = Vm::start(
-        &rig.qemu,
-        &vm_cfg,
-        &cfg.out.join("console.log"),
-        &cfg.out.join("qemu.log"),
-    )
-    .await?;
+    let mut vm = Vm::start(&rig.qemu, &vm_cfg, &cfg.out).await?;
     let qemu_log = || std::fs::read_to_string(cfg.out.join("qemu.log")).unwrap_or_default();
     let qmp = Qmp::connect(&vm_cfg.qmp_socket, Duration::from_secs(20)).await;
     let mut qmp = match qmp {

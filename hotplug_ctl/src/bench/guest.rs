@@ -151,13 +151,7 @@ impl Guest {
             stream_console: cfg.stream_console,
         };
         let started = Instant::now();
-        let mut vm = Vm::start(
-            &rig.qemu,
-            &vm_cfg,
-            &cfg.out.join("console.log"),
-            &cfg.out.join("qemu.log"),
-        )
-        .await?;
+        let mut vm = Vm::start(&rig.qemu, &vm_cfg, &cfg.out).await?;
         let qmp = Qmp::connect(&vm_cfg.qmp_socket, Duration::from_secs(20))
             .await
             .context("QEMU did not come up")?;
