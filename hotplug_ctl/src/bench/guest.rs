@@ -59,7 +59,7 @@ pub struct BootTimes {
 
 /// How long a guest command may take unless it says otherwise.
 const AGENT_WAIT: Duration = Duration::from_secs(60);
-/// The pciehp attention-button delay plus slack (steps.rs waits as long).
+/// The pciehp attention-button delay plus slack (session/steps.rs waits as long).
 const PCIEHP_WAIT: Duration = Duration::from_secs(30);
 
 /// A booted bench guest.
