@@ -307,6 +307,13 @@ pub fn judge(report: &mut Report, policy: &Policy) -> Vec<String> {
         judge_scenario(s, policy, &mut matched_judge);
     }
     let mut notes = Vec::new();
+    for s in report.scenarios.iter().filter(|s| cut_short(s, policy)) {
+        notes.push(format!(
+            "{}: not judged: a step did not hold before the judged splat could show ({}); a bisect skips this commit",
+            s.name,
+            s.problems.first().map(String::as_str).unwrap_or("?")
+        ));
+    }
     for (p, hit) in policy.judge_by.iter().zip(matched_judge) {
         if !hit {
             notes.push(format!(
@@ -316,6 +323,15 @@ pub fn judge(report: &mut Report, policy: &Policy) -> Vec<String> {
         }
     }
     notes
+}
+
+/// Judged by one signature, a scenario that stopped at a step that did not hold without showing
+/// that signature never got to where the bug shows: it cannot say "good". (A `client kms` that
+/// did not start under load once made `--judge-by` a false pass on 7.2's DDC Oops.)
+fn cut_short(s: &ScenarioReport, policy: &Policy) -> bool {
+    !policy.judge_by.is_empty()
+        && !s.problems.is_empty()
+        && !s.splats.iter().any(|f| f.status == SplatStatus::New)
 }
 
 fn judge_scenario(s: &mut ScenarioReport, policy: &Policy, matched_judge: &mut [bool]) {
@@ -372,7 +388,7 @@ fn judge_scenario(s: &mut ScenarioReport, policy: &Policy, matched_judge: &mut [
         .as_ref()
         .is_some_and(|r| r.failed > 0 && r.failed < r.of);
     let failing = new_splats > 0 || (problems > 0 && !expected);
-    s.result = if s.verdict == Verdict::Error {
+    s.result = if s.verdict == Verdict::Error || cut_short(s, policy) {
         ScenarioResult::Error
     } else if failing && (listed_flake || partly) {
         ScenarioResult::Flake
@@ -575,6 +591,40 @@ mod tests {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
         p
+    }
+
+    /// A judged run's scenario that stopped early without the judged splat is an error (exit
+    /// 125, a bisect skip), never a pass; one that ran to its end without it passes; one that
+    /// showed it fails, steps or not.
+    #[test]
+    fn judge_by_never_passes_a_scenario_that_stopped_early() {
+        let policy = Policy {
+            judge_by: vec!["oops:hibmc_ddc_setsda<bit_xfer<__i2c_transfer"
+                .parse()
+                .expect("pattern")],
+            ..Policy::default()
+        };
+        let mut report = Report::new("hibmc", "aarch64", PathBuf::new());
+        let mut stopped = ScenarioReport::new("surprise-with-mmap", Verdict::Fail);
+        stopped.problems = vec!["client kms: did not start".into()];
+        report.scenarios.push(stopped);
+        report
+            .scenarios
+            .push(ScenarioReport::new("unbind-rebind", Verdict::Pass));
+        let notes = judge(&mut report, &policy);
+        assert_eq!(report.scenarios[0].result, ScenarioResult::Error);
+        assert_eq!(report.scenarios[1].result, ScenarioResult::Pass);
+        assert!(
+            notes.iter().any(|n| n.starts_with("surprise-with-mmap: not judged")),
+            "{notes:?}"
+        );
+        // Without --judge-by the same stopped scenario is the kernel's failure.
+        let mut plain = Report::new("hibmc", "aarch64", PathBuf::new());
+        let mut stopped = ScenarioReport::new("surprise-with-mmap", Verdict::Fail);
+        stopped.problems = vec!["client kms: did not start".into()];
+        plain.scenarios.push(stopped);
+        judge(&mut plain, &Policy::default());
+        assert_eq!(plain.scenarios[0].result, ScenarioResult::Fail);
     }
 
     #[test]

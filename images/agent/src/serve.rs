@@ -30,8 +30,11 @@ use serde_json::{Map, Value};
 use crate::exec::{group_members, kill_group, Exec};
 use crate::sys::{errno, signal_name};
 
-/// How long `client-start` with `wait` waits for the client to be ready.
-pub const START_WAIT: Duration = Duration::from_secs(5);
+/// How long `client-start` with `wait` waits for the client to be ready (its first frame: a
+/// modeset and a flip). 5 s was once too little for a kms client on a TCG guest sharing two
+/// cores with kernel builds; a client that really cannot start still fails, only later. The
+/// host waits 30 s for the answer.
+pub const START_WAIT: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_millis(10);
 /// How much of an unrecognised line its error quotes.
 const QUOTE_CHARS: usize = 80;
