@@ -504,6 +504,16 @@ pub fn exit_code(report: &Report, policy: &Policy) -> i32 {
     if report.error.is_some() || report.scenarios.is_empty() {
         return crate::exit::SKIP;
     }
+    // Judged by a signature that showed (a new matching splat): the commit is bad, whatever
+    // else could not be judged.
+    let judged_bug_seen = !policy.judge_by.is_empty()
+        && report
+            .scenarios
+            .iter()
+            .any(|s| s.splats.iter().any(|f| f.status == SplatStatus::New));
+    if judged_bug_seen {
+        return crate::exit::FAIL;
+    }
     let results: BTreeSet<ScenarioResult> = report.scenarios.iter().map(|s| s.result).collect();
     let bad_flake = report
         .scenarios
@@ -614,8 +624,11 @@ mod tests {
         let notes = judge(&mut report, &policy);
         assert_eq!(report.scenarios[0].result, ScenarioResult::Error);
         assert_eq!(report.scenarios[1].result, ScenarioResult::Pass);
+        assert_eq!(exit_code(&report, &policy), crate::exit::SKIP);
         assert!(
-            notes.iter().any(|n| n.starts_with("surprise-with-mmap: not judged")),
+            notes
+                .iter()
+                .any(|n| n.starts_with("surprise-with-mmap: not judged")),
             "{notes:?}"
         );
         // Without --judge-by the same stopped scenario is the kernel's failure.
@@ -625,6 +638,46 @@ mod tests {
         plain.scenarios.push(stopped);
         judge(&mut plain, &Policy::default());
         assert_eq!(plain.scenarios[0].result, ScenarioResult::Fail);
+    }
+
+    /// The judged bug showing in one scenario makes the run bad (exit 1) even when another
+    /// scenario was cut short and could not be judged.
+    #[test]
+    fn a_judged_bug_that_showed_is_bad_whatever_else_was_cut_short() {
+        let log = include_str!("../tests/fixtures/splats/ddc_oops_7.2.txt");
+        use crate::report::FoundSplat;
+        let splats: Vec<FoundSplat> = crate::splat::find_splats(log)
+            .into_iter()
+            .map(|s| FoundSplat {
+                fingerprint: fingerprint::fingerprint(&s),
+                subsystem: fingerprint::Subsystem::Driver,
+                splat: s,
+                step: "unplug surprise".into(),
+                phase: CardPhase::Removed,
+                count: 1,
+                status: SplatStatus::New,
+            })
+            .collect();
+        let oops = splats
+            .iter()
+            .find(|f| f.fingerprint.starts_with("oops:"))
+            .map(|f| f.fingerprint.clone())
+            .expect("the fixture has an Oops");
+        let policy = Policy {
+            judge_by: vec![oops.parse().expect("pattern")],
+            ..Policy::default()
+        };
+        let mut report = Report::new("hibmc", "aarch64", PathBuf::new());
+        let mut stopped = ScenarioReport::new("hotreplug", Verdict::Fail);
+        stopped.problems = vec!["client kms: did not start".into()];
+        report.scenarios.push(stopped);
+        let mut seen = ScenarioReport::new("surprise-with-mmap", Verdict::Fail);
+        seen.splats = splats;
+        report.scenarios.push(seen);
+        judge(&mut report, &policy);
+        assert_eq!(report.scenarios[0].result, ScenarioResult::Error);
+        assert_eq!(report.scenarios[1].result, ScenarioResult::Fail);
+        assert_eq!(exit_code(&report, &policy), crate::exit::FAIL);
     }
 
     #[test]
