@@ -137,8 +137,7 @@ pub struct Bochs {
 
 impl Bochs {
     pub fn new(spec: &CardSpec) -> Result<Bochs, ModelError> {
-        let (vram, mut config) =
-            crate::display_card(INFO.identity, spec, VRAM_BAR, MMIO_BAR, MMIO_SIZE)?;
+        let (vram, mut config) = crate::display_card(&INFO, spec, MMIO_SIZE)?;
         config.add_capability(Capability::PciExpressEndpoint)?;
         config.add_capability(Capability::PowerManagement)?;
 
@@ -152,7 +151,7 @@ impl Bochs {
                 config,
                 vram,
                 // Gaps are tallied per 16-bit register, the DISPI width.
-                regs: Registers::new(&REGISTERS, MMIO_BAR, MMIO_SIZE, 2)?,
+                regs: Registers::new(&REGISTERS, INFO.register_bar, MMIO_SIZE, 2)?,
             },
             edid,
         };
@@ -182,7 +181,7 @@ impl Bochs {
 
     /// Accesses to offsets the model does not implement (reads return 0).
     pub fn unimplemented_accesses(&self) -> u64 {
-        self.core.regs.stats().unimplemented
+        self.core.regs.unimplemented()
     }
 }
 

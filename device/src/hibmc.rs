@@ -201,8 +201,8 @@ pub static REGISTERS: [Register<Hibmc>; 25] = [
     Register::read_only("DP_HOST_SERDES_CTRL", DP_HOST_SERDES_CTRL, 4, 0),
 ];
 
-/// The DDC EEPROM holds 256 bytes; serving more would need the E-DDC segment pointer at 0x30.
-pub const MAX_EDID_SIZE: usize = 256;
+// The DDC EEPROM holds 256 bytes; serving more would need the E-DDC segment pointer at 0x30.
+const _: () = assert!(crate::spec::MAX_EDID <= 256);
 
 /// The HIBMC display model.
 ///
@@ -215,8 +215,7 @@ pub struct Hibmc {
 
 impl Hibmc {
     pub fn new(spec: &CardSpec) -> Result<Hibmc, ModelError> {
-        let (vram, mut config) =
-            crate::display_card(INFO.identity, spec, VRAM_BAR, MMIO_BAR, MMIO_SIZE)?;
+        let (vram, mut config) = crate::display_card(&INFO, spec, MMIO_SIZE)?;
         config.add_capability(Capability::PowerManagement)?;
         config.add_capability(Capability::Msi {
             vectors: MSI_VECTORS as u8,
@@ -225,14 +224,14 @@ impl Hibmc {
         })?;
         config.add_capability(Capability::PciExpressEndpoint)?;
 
-        // The spec holds at most spec::MAX_EDID (= MAX_EDID_SIZE) bytes: they fit the EEPROM.
+        // The spec holds at most spec::MAX_EDID bytes: they fit the EEPROM (checked above).
         let eeprom = spec.monitor().edid().map(|blob| Eeprom::new(&blob));
         let mut card = Hibmc {
             core: CardCore {
                 config,
                 vram,
                 // Unimplemented offsets are tallied per 32-bit register, the driver's access size.
-                regs: Registers::new(&REGISTERS, MMIO_BAR, MMIO_SIZE, 4)?,
+                regs: Registers::new(&REGISTERS, INFO.register_bar, MMIO_SIZE, 4)?,
             },
             ddc: I2cBus::new(eeprom),
         };
@@ -279,7 +278,7 @@ impl Hibmc {
 
     /// Accesses to offsets the model does not implement (reads return 0).
     pub fn unimplemented_accesses(&self) -> u64 {
-        self.core.regs.stats().unimplemented
+        self.core.regs.unimplemented()
     }
 
     /// Time from one vblank to the next in the programmed mode: htotal * vtotal pixels at the

@@ -160,21 +160,20 @@ pub enum ModelError {
 /// prefetchable memory BAR and the registers as a 32-bit non-prefetchable one. 32-bit on
 /// purpose: hibmc maps its registers from resource 1, which a 64-bit BAR0 would occupy.
 pub(crate) fn display_card(
-    identity: PciIdentity,
+    info: &ModelInfo,
     spec: &CardSpec,
-    vram_bar: usize,
-    mmio_bar: usize,
     mmio_size: u64,
 ) -> Result<(Vram, ConfigSpace), ModelError> {
     let vram = Vram::new(spec.vram_size())?;
-    let mut config = ConfigSpace::new(identity);
+    let mut config = ConfigSpace::new(info.identity);
     let bar = |size, prefetchable| BarSpec {
         size,
         bar_type: BarType::Memory32,
         prefetchable,
     };
-    config.set_bar(vram_bar, bar(vram.size(), true))?;
-    config.set_bar(mmio_bar, bar(mmio_size, false))?;
+    // From the card's INFO, so that it and the config space agree by construction.
+    config.set_bar(info.vram_bar, bar(vram.size(), true))?;
+    config.set_bar(info.register_bar, bar(mmio_size, false))?;
     Ok((vram, config))
 }
 

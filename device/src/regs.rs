@@ -324,19 +324,6 @@ impl<M: 'static> Registers<M> {
         Ok(block)
     }
 
-    pub fn table(&self) -> &'static [Register<M>] {
-        self.table
-    }
-
-    /// The BAR this block answers.
-    pub fn bar(&self) -> usize {
-        self.bar
-    }
-
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
     /// Every register to its power-on value.
     pub fn reset(&mut self) {
         for (entry, reg) in self.table.iter().enumerate() {
@@ -371,10 +358,28 @@ impl<M: 'static> Registers<M> {
     /// hooks: the device itself changing its state (a status bit latching, a refused value).
     pub fn set(&mut self, offset: u64, value: u64) {
         debug_assert!(self.slot(offset).is_some(), "no register at {offset:#x}");
-        if let Some(slot) = self.slot(offset) {
-            let entry = self.locate(offset).map_or(0, |(entry, _)| entry);
-            self.values[slot] = value & width_mask(self.table[entry].width);
+        if let Some((entry, element)) = self.locate(offset) {
+            self.values[self.first_slot[entry] + element] =
+                value & width_mask(self.table[entry].width);
         }
+    }
+
+    /// Accesses to offsets no register covers, so far.
+    pub fn unimplemented(&self) -> u64 {
+        self.unimplemented
+    }
+
+    /// What a guest read of the element `element` of entry `entry` returns: the stored value
+    /// through the register's read hook, if it has one. `read` and `peek` both use it.
+    fn value(model: &M, entry: usize, element: usize) -> u64
+    where
+        M: RegisterMapped,
+    {
+        let regs = model.registers();
+        let stored = regs.values[regs.first_slot[entry] + element];
+        regs.table[entry]
+            .on_read
+            .map_or(stored, |hook| hook(model, element, stored))
     }
 
     /// Counters so far.
@@ -457,14 +462,8 @@ fn lanes(lane: usize, n: usize) -> u64 {
 /// What the guest reads from the register element at `offset`, as [`read()`] would return it but
 /// without counting; None if no register element starts there.
 pub fn peek<M: RegisterMapped>(model: &M, offset: u64) -> Option<u64> {
-    let regs = model.registers();
-    let (entry, element) = regs.locate(offset)?;
-    let reg = &regs.table[entry];
-    let stored = regs.values[regs.first_slot[entry] + element];
-    Some(
-        reg.on_read
-            .map_or(stored, |hook| hook(model, element, stored)),
-    )
+    let (entry, element) = model.registers().locate(offset)?;
+    Some(Registers::value(model, entry, element))
 }
 
 /// One register piece of an access, for [`access`]'s callback.
@@ -533,13 +532,7 @@ fn access<M: RegisterMapped>(
 pub fn read<M: RegisterMapped>(model: &mut M, bar: usize, offset: u64, data: &mut [u8]) {
     data.fill(0);
     access(model, bar, offset, data.len(), |model, part| {
-        let regs = model.registers();
-        let reg = &regs.table[part.entry];
-        let stored = regs.values[regs.first_slot[part.entry] + part.element];
-        let value = match reg.on_read {
-            Some(hook) => hook(model, part.element, stored),
-            None => stored,
-        };
+        let value = Registers::value(model, part.entry, part.element);
         let lanes = part.lane..part.lane + part.bytes.len();
         data[part.bytes].copy_from_slice(&value.to_le_bytes()[lanes]);
         model.registers_mut().counts[part.entry][0] += 1;
@@ -742,7 +735,7 @@ mod tests {
     /// the adapter is checked against; MIRROR has no bias in these tests).
     fn image(t: &Toy) -> Vec<u8> {
         let mut img = vec![0u8; SIZE as usize];
-        for reg in t.regs.table() {
+        for reg in t.regs.table {
             for e in 0..reg.count as u64 {
                 let at = reg.offset + e * u64::from(reg.width);
                 let v = peek(t, at).unwrap().to_le_bytes();
