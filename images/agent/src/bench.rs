@@ -15,8 +15,10 @@
 //! COUNT volatile 32-bit reads at OFFSET, reporting the elapsed nanoseconds: with an emulated
 //! card every read traps into QEMU (and, for vanish, goes over the vfio-user socket).
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
+
+use guest_protocol::ClientKind;
 
 use crate::drm::{self, IoctlError};
 use crate::fb;
@@ -133,20 +135,24 @@ fn fill_kms(fd: RawFd, secs: Duration) -> Result<FillResult, String> {
     })
 }
 
+/// A bench duration: seconds, more than 0 and at most 600.
+fn parse_secs(secs: &str) -> Result<Duration, String> {
+    secs.parse()
+        .ok()
+        .filter(|s: &f64| *s > 0.0 && *s <= 600.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("bad duration {secs:?} (seconds, 0-600)"))
+}
+
 /// A fill routine: fbdev or KMS.
 type FillFn = fn(RawFd, Duration) -> Result<FillResult, String>;
 
 /// `bench fill`: runs and prints one result line.
 pub fn fill(kind: &str, secs: &str, device: Option<&str>) -> Result<String, String> {
-    let secs: f64 = secs
-        .parse()
-        .ok()
-        .filter(|s: &f64| *s > 0.0 && *s <= 600.0)
-        .ok_or_else(|| format!("bad duration {secs:?} (seconds, 0-600)"))?;
-    let secs = Duration::from_secs_f64(secs);
+    let secs = parse_secs(secs)?;
     let (default, run): (&str, FillFn) = match kind {
-        "fbdev" => ("/dev/fb0", fill_fbdev),
-        "kms" => ("/dev/dri/card0", fill_kms),
+        "fbdev" => (ClientKind::Fbdev.default_device(), fill_fbdev),
+        "kms" => (ClientKind::Kms.default_device(), fill_kms),
         other => return Err(format!("unknown fill target {other:?} (fbdev or kms)")),
     };
     let fd = open_rw(device.unwrap_or(default))?;
@@ -175,16 +181,12 @@ const DRM_VBLANK_RELATIVE: u32 = 0x1;
 /// `bench vblank`: waits for the next vblank over and over for SECONDS, keeping the driver's
 /// vblank interrupt on (DRM turns it off 5 s after the last waiter), as a compositor would.
 pub fn vblank(secs: &str, device: Option<&str>) -> Result<String, String> {
-    let secs: f64 = secs
-        .parse()
-        .ok()
-        .filter(|s: &f64| *s > 0.0 && *s <= 600.0)
-        .ok_or_else(|| format!("bad duration {secs:?} (seconds, 0-600)"))?;
-    let fd = open_rw(device.unwrap_or("/dev/dri/card0"))?;
+    let secs = parse_secs(secs)?;
+    let fd = open_rw(device.unwrap_or(ClientKind::Kms.default_device()))?;
     let started = Instant::now();
     let mut waits = 0u64;
     let mut error = None;
-    while started.elapsed().as_secs_f64() < secs {
+    while started.elapsed() < secs {
         let mut w = DrmWaitVblank {
             type_: DRM_VBLANK_RELATIVE,
             sequence: 1,
@@ -215,14 +217,11 @@ pub fn reads(bdf: &str, bar: &str, offset: &str, count: &str) -> Result<String, 
         .ok()
         .filter(|n| (1..=100_000_000).contains(n))
         .ok_or_else(|| format!("bad read count {count:?}"))?;
-    let file = crate::peek::open_bar(bdf, bar, offset)?;
-    let page = offset & !0xfff;
-    let map = Mapping::shared(file.as_raw_fd(), ((offset - page) + 4) as usize, page)?;
+    let dword = crate::peek::BarDword::map(bdf, bar, offset)?;
     let started = Instant::now();
     let mut last = 0u32;
     for _ in 0..count {
-        // SAFETY: an aligned dword inside the mapping.
-        last = unsafe { std::ptr::read_volatile(map.ptr().add((offset - page) as usize).cast()) };
+        last = dword.read();
     }
     let ns = started.elapsed().as_nanos();
     Ok(format!("reads={count} ns={ns} value={last:#010x}"))

@@ -40,33 +40,39 @@ pub fn open_bar(bdf: &str, bar: u8, offset: u64) -> Result<std::fs::File, String
     Ok(file)
 }
 
+/// One dword of a memory BAR, mapped through its sysfs resource file (the page around it).
+pub struct BarDword {
+    map: crate::mmap::Mapping,
+    /// Where the dword is inside the mapping.
+    at: usize,
+}
+
+impl BarDword {
+    /// Maps the dword at `offset` of memory BAR `bar` of PCI function `bdf`.
+    pub fn map(bdf: &str, bar: u8, offset: u64) -> Result<BarDword, String> {
+        if !offset.is_multiple_of(4) {
+            return Err(format!("offset {offset:#x} is not a dword offset"));
+        }
+        let file = open_bar(bdf, bar, offset)?;
+        let page = offset & !0xfff;
+        let at = (offset - page) as usize;
+        let map = crate::mmap::Mapping::shared(file.as_raw_fd(), at + 4, page)
+            .map_err(|e| format!("{bdf} BAR{bar}: {e}"))?;
+        Ok(BarDword { map, at })
+    }
+
+    /// One volatile read of the dword (a trapped access on an emulated card).
+    pub fn read(&self) -> u32 {
+        // SAFETY: `at + 4` lies inside the mapping (map() mapped exactly that much), which lives
+        // as long as self; `at` is a dword offset into a page-aligned mapping, so the read is
+        // aligned.
+        unsafe { std::ptr::read_volatile(self.map.ptr().add(self.at).cast::<u32>()) }
+    }
+}
+
 /// Reads the dword at `offset` of memory BAR `bar` of PCI function `bdf`.
 pub fn read_u32(bdf: &str, bar: u8, offset: u64) -> Result<u32, String> {
-    let file = open_bar(bdf, bar, offset)?;
-    // SAFETY: mapping a sysfs resource file we opened; the mapping is checked, used for one
-    // aligned volatile read inside its length and unmapped before returning.
-    unsafe {
-        let page = offset & !0xfff;
-        let map_len = ((offset - page) + 4) as usize;
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            map_len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            page as libc::off_t,
-        );
-        if p == libc::MAP_FAILED {
-            return Err(format!(
-                "mmap {bdf} BAR{bar}: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        let value =
-            std::ptr::read_volatile(p.cast::<u8>().add((offset - page) as usize).cast::<u32>());
-        libc::munmap(p, map_len);
-        Ok(value)
-    }
+    Ok(BarDword::map(bdf, bar, offset)?.read())
 }
 
 #[cfg(test)]
