@@ -74,6 +74,11 @@ impl Card {
         control::request(&self.control, request).await
     }
 
+    /// The server's counters and scanout now (`None` if the reply carried none).
+    pub async fn stats(&self) -> Result<Option<device::CardStats>> {
+        Ok(self.request(&Request::Status).await?.status)
+    }
+
     /// Makes the card dead (surprise removal: reads all-ones, writes dropped) or alive again.
     pub async fn set_dead(&self, dead: bool) -> Result<()> {
         let reply = self

@@ -203,11 +203,7 @@ impl Guest {
             )
         })?;
         let stats_at_fb = match &server {
-            Some(s) => s
-                .request(&Request::Status)
-                .await
-                .ok()
-                .and_then(|r| r.status),
+            Some(s) => s.stats().await.ok().flatten(),
             None => None,
         };
         let mut guest = Guest {
@@ -430,13 +426,13 @@ impl Guest {
         .await?;
         tokio::time::sleep(Duration::from_millis(700)).await;
         let server = self.server.as_ref().ok_or_else(|| anyhow!("no server"))?;
-        let msi0 = msi(server.request(&Request::Status).await?.status);
+        let msi0 = msi(server.stats().await?);
         let ticks0 = stats::cpu_ticks(&read("stat")?).ok_or_else(|| anyhow!("bad /proc stat"))?;
         let t = Instant::now();
         tokio::time::sleep(Duration::from_secs_f64(secs)).await;
         let ticks1 = stats::cpu_ticks(&read("stat")?).ok_or_else(|| anyhow!("bad /proc stat"))?;
         let elapsed = t.elapsed().as_secs_f64();
-        let msi1 = msi(server.request(&Request::Status).await?.status);
+        let msi1 = msi(server.stats().await?);
         let rss_kib = stats::rss_kib(&read("status")?).ok_or_else(|| anyhow!("no VmRSS"))?;
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
@@ -455,8 +451,7 @@ impl Guest {
 
     /// The card server's counters now (vanish only).
     pub async fn server_stats(&self) -> Option<CardStats> {
-        let server = self.server.as_ref()?;
-        server.request(&Request::Status).await.ok()?.status
+        self.server.as_ref()?.stats().await.ok().flatten()
     }
 
     /// Powers the guest off and stops everything.

@@ -16,7 +16,6 @@ use serde_json::Value;
 
 use super::{Running, ScenarioRun, Session, AGENT_WAIT};
 use crate::agent::AgentError;
-use crate::control::Request;
 use crate::report::CardPhase;
 use crate::report::ScenarioReport;
 use crate::scenario::{
@@ -554,15 +553,13 @@ impl Session {
                 run.observe("screenshot_ink", ink);
                 run.screenshot = Some(shot);
                 if let Some(server) = &self.server {
-                    if let Ok(reply) = server.request(&Request::Status).await {
-                        if let Some(st) = reply.status {
-                            run.observe("scanout", st.scanout.clone().unwrap_or_default());
-                            run.observe("unimplemented_accesses", st.unimplemented_accesses);
-                            run.observe(
-                                "registers",
-                                serde_json::to_value(&st.registers).unwrap_or_default(),
-                            );
-                        }
+                    if let Ok(Some(st)) = server.stats().await {
+                        run.observe("scanout", st.scanout.clone().unwrap_or_default());
+                        run.observe("unimplemented_accesses", st.unimplemented_accesses);
+                        run.observe(
+                            "registers",
+                            serde_json::to_value(&st.registers).unwrap_or_default(),
+                        );
                     }
                 }
             }
