@@ -105,12 +105,12 @@ pub async fn provision(cfg: &RunConfig, dir: &Path, accel: Accel) -> Result<Rig>
 }
 
 /// The VM configuration of one boot in `dir`.
-fn vm_config(
+pub(crate) fn vm_config(
     cfg: &RunConfig,
     rig_paths: (&Path, &Path),
     accel: Accel,
     dir: &Path,
-    card_socket: PathBuf,
+    card_socket: Option<PathBuf>,
 ) -> VmConfig {
     VmConfig {
         arch: cfg.arch,
@@ -121,7 +121,7 @@ fn vm_config(
         cpus: cfg.cpus,
         qmp_socket: dir.join("qmp.sock"),
         agent_socket: dir.join("agent.sock"),
-        card_socket: Some(card_socket),
+        card_socket,
         in_process_card: None,
         accel,
         extra_args: cfg.qemu_opts.clone(),
@@ -137,7 +137,7 @@ pub fn dry_run(cfg: &RunConfig, accel: Accel, qemu: &str, kernel: &Path, initrd:
     let control = dir.join("card0.ctl");
     let server = std::iter::once(std::ffi::OsString::from("vanish"))
         .chain(serve_args(cfg, &socket, &control));
-    let vm = vm_config(cfg, (kernel, initrd), accel, &dir, socket.clone());
+    let vm = vm_config(cfg, (kernel, initrd), accel, &dir, Some(socket.clone()));
     let qemu_line = std::iter::once(std::ffi::OsString::from(qemu))
         .chain(crate::qemu::args(&vm).into_iter().map(Into::into));
     format!(
@@ -187,7 +187,7 @@ async fn boot(cfg: &RunConfig, rig: &Rig) -> Result<Session> {
         (&rig.kernel.image, &rig.initrd),
         rig.accel,
         dir.path(),
-        server.socket.clone(),
+        Some(server.socket.clone()),
     );
     let kernel = &rig.kernel;
     print_step(&format!(

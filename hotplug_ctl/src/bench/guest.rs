@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::agent::Guest as Agent;
 use crate::card::Card as CardServer;
 use crate::control::Request;
-use crate::qemu::{Console, InProcessCard, Vm, VmConfig};
+use crate::qemu::{Console, InProcessCard, Vm};
 use crate::qmp::Qmp;
 use crate::runner::{Rig, RunConfig};
 use crate::session::start_card;
@@ -132,24 +132,18 @@ impl Guest {
             }
             Card::InProcess(_) => None,
         };
-        let vm_cfg = VmConfig {
-            arch: cfg.arch,
-            kernel: rig.kernel.image.clone(),
-            initrd: rig.initrd.clone(),
-            append: cfg.append.clone(),
-            memory_mib: cfg.memory_mib,
-            cpus: cfg.cpus,
-            qmp_socket: dir.path().join("qmp.sock"),
-            agent_socket: dir.path().join("agent.sock"),
-            card_socket: server.as_ref().map(|s| s.socket.clone()),
-            in_process_card: match card {
-                Card::InProcess(c) => Some(c),
-                Card::Vanish => None,
-            },
-            accel: rig.accel,
-            extra_args: Vec::new(),
-            stream_console: cfg.stream_console,
-        };
+        // The runner's VM, with the in-process card in the slot when that is the baseline
+        // (the bench's RunConfig has no --qemu-opt).
+        let mut vm_cfg = crate::runner::vm_config(
+            cfg,
+            (&rig.kernel.image, &rig.initrd),
+            rig.accel,
+            dir.path(),
+            server.as_ref().map(|s| s.socket.clone()),
+        );
+        if let Card::InProcess(c) = card {
+            vm_cfg.in_process_card = Some(c);
+        }
         let started = Instant::now();
         let mut vm = Vm::start(&rig.qemu, &vm_cfg, &cfg.out).await?;
         let qmp = Qmp::connect(&vm_cfg.qmp_socket, Duration::from_secs(20))
