@@ -303,16 +303,9 @@ pub struct Policy {
 /// `result`), and returns the lines to tell the user (e.g. a `--judge-by` that matched nothing).
 pub fn judge(report: &mut Report, policy: &Policy) -> Vec<String> {
     let mut matched_judge = vec![false; policy.judge_by.len()];
-    for s in &mut report.scenarios {
-        judge_scenario(s, policy, &mut matched_judge);
-    }
     let mut notes = Vec::new();
-    for s in report.scenarios.iter().filter(|s| cut_short(s, policy)) {
-        notes.push(format!(
-            "{}: not judged: a step did not hold before the judged splat could show ({}); a bisect skips this commit",
-            s.name,
-            s.problems.first().map(String::as_str).unwrap_or("?")
-        ));
+    for s in &mut report.scenarios {
+        judge_scenario(s, policy, &mut matched_judge, &mut notes);
     }
     for (p, hit) in policy.judge_by.iter().zip(matched_judge) {
         if !hit {
@@ -334,7 +327,12 @@ fn cut_short(s: &ScenarioReport, policy: &Policy) -> bool {
         && !s.splats.iter().any(|f| f.status == SplatStatus::New)
 }
 
-fn judge_scenario(s: &mut ScenarioReport, policy: &Policy, matched_judge: &mut [bool]) {
+fn judge_scenario(
+    s: &mut ScenarioReport,
+    policy: &Policy,
+    matched_judge: &mut [bool],
+    notes: &mut Vec<String>,
+) {
     let baseline = policy.baseline.as_ref();
     let name = s.name.clone();
     let mut new_splats = 0;
@@ -388,7 +386,15 @@ fn judge_scenario(s: &mut ScenarioReport, policy: &Policy, matched_judge: &mut [
         .as_ref()
         .is_some_and(|r| r.failed > 0 && r.failed < r.of);
     let failing = new_splats > 0 || (problems > 0 && !expected);
-    s.result = if s.verdict == Verdict::Error || cut_short(s, policy) {
+    let not_judged = cut_short(s, policy);
+    if not_judged {
+        notes.push(format!(
+            "{}: not judged: a step did not hold before the judged splat could show ({}); a bisect skips this commit",
+            s.name,
+            s.problems.first().map(String::as_str).unwrap_or("?")
+        ));
+    }
+    s.result = if s.verdict == Verdict::Error || not_judged {
         ScenarioResult::Error
     } else if failing && (listed_flake || partly) {
         ScenarioResult::Flake
