@@ -24,7 +24,7 @@ use pci_config::{BarSpec, BarType, ConfigSpace, PciIdentity};
 use vram_bar::{Scanout, Vram};
 
 pub use regs::{RegisterCount, RegisterStats};
-pub use server::{Card, CardStats, Server, ServerError, StopHandle};
+pub use server::{Card, CardStats, Server, ServerError, StopHandle, MAX_BUSY_POLL};
 pub use spec::{CardSpec, Monitor, SpecError};
 
 /// Which card to emulate.

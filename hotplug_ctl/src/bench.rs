@@ -59,6 +59,13 @@ pub struct BenchArgs {
     /// Also time `vanish run`'s built-in set per architecture and card (minutes each).
     #[arg(long)]
     pub builtin_set: bool,
+    /// Also measure the CI matrix: the built-in set for each of these Debian kernels (comma
+    /// separated) x the three cards, `--jobs` sets at a time (tens of minutes).
+    #[arg(long, value_name = "KERNELS", value_delimiter = ',')]
+    pub matrix: Vec<String>,
+    /// Sets the matrix runs at once (each is one TCG guest and its card server).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub jobs: u32,
     /// Where the guests' console, QEMU and server logs go.
     #[arg(long, default_value = "vanish-bench-out")]
     pub out: PathBuf,
@@ -234,13 +241,20 @@ pub async fn run(args: BenchArgs) -> i32 {
             }
         }
     }
+    if !args.matrix.is_empty() {
+        if let Err(e) = std::fs::create_dir_all(&args.out) {
+            eprintln!("vanish bench: --out {}: {e}", args.out.display());
+            return crate::exit::USAGE;
+        }
+        matrix(&args, &args.matrix, args.jobs as usize, &mut report).await;
+    }
     let sets: Vec<f64> = report
         .figures
         .iter()
         .filter(|f| f.name.starts_with("built-in set wall time"))
         .map(|f| f.value.median)
         .collect();
-    if !sets.is_empty() {
+    if !sets.is_empty() && args.matrix.is_empty() {
         // Derived, and labelled so: this run timed one kernel; a matrix cell of another kernel
         // is assumed to take as long as this kernel's cell for the same card. Cells run one
         // guest at a time (2 cores: a TCG guest and its server fill them).
@@ -351,6 +365,12 @@ struct Work {
     surprise: Vec<f64>,
     /// Trapped accesses (config + BAR, server count) per unbind+bind, vanish only.
     accesses_per_bind: Option<f64>,
+    /// "vblank wait timed out" console lines per unbind+bind.
+    vblank_timeouts_per_bind: Option<f64>,
+    /// vanish only, alternating with the plain figures in the same boot: the same reads and
+    /// unbind+bind with the server busy-polling for [`BUSY_POLL_US`] after each reply.
+    read_us_busy: Vec<f64>,
+    unbind_bind_busy: Vec<f64>,
     footprint: Option<guest::Footprint>,
 }
 
@@ -387,13 +407,32 @@ async fn workloads(g: &mut Guest, args: &BenchArgs, reps: u32, errors: &mut Vec<
             }
         }
     }
-    for _ in 0..reps {
-        match g.reads(reads).await {
-            Ok(ns) => w.read_us.push(ns / 1000.0),
-            Err(e) => {
-                note("register reads", e);
-                break;
+    let vanish = g.card == Card::Vanish;
+    // Alternating (vanish): the read with the server sleeping in epoll, then busy-polling.
+    'reads: for _ in 0..reps {
+        for busy in [false, true] {
+            if busy && !vanish {
+                continue;
             }
+            if vanish {
+                if let Err(e) = g.set_busy_poll(if busy { BUSY_POLL_US } else { 0 }).await {
+                    note("busy-poll", e);
+                    break 'reads;
+                }
+            }
+            match g.reads(reads).await {
+                Ok(ns) if busy => w.read_us_busy.push(ns / 1000.0),
+                Ok(ns) => w.read_us.push(ns / 1000.0),
+                Err(e) => {
+                    note("register reads", e);
+                    break 'reads;
+                }
+            }
+        }
+    }
+    if vanish {
+        if let Err(e) = g.set_busy_poll(0).await {
+            note("busy-poll", e);
         }
     }
     if g.card == Card::Vanish {
@@ -403,13 +442,25 @@ async fn workloads(g: &mut Guest, args: &BenchArgs, reps: u32, errors: &mut Vec<
         }
     }
     let before = g.server_stats().await;
+    let timeouts_before = g.console_count(VBLANK_TIMEOUT);
     w.unbind_bind = cycles(g, Cycle::UnbindBind, reps, errors).await;
     let total =
         |s: &device::CardStats| s.config_reads + s.config_writes + s.bar_reads + s.bar_writes;
-    if let (Some(a), Some(b)) = (before, g.server_stats().await) {
-        if !w.unbind_bind.is_empty() {
-            w.accesses_per_bind =
-                Some(total(&b).saturating_sub(total(&a)) as f64 / w.unbind_bind.len() as f64);
+    if !w.unbind_bind.is_empty() {
+        let n = w.unbind_bind.len() as f64;
+        w.vblank_timeouts_per_bind =
+            Some((g.console_count(VBLANK_TIMEOUT) - timeouts_before) as f64 / n);
+        if let (Some(a), Some(b)) = (before, g.server_stats().await) {
+            w.accesses_per_bind = Some(total(&b).saturating_sub(total(&a)) as f64 / n);
+        }
+    }
+    if vanish && !w.unbind_bind.is_empty() {
+        match g.set_busy_poll(BUSY_POLL_US).await {
+            Ok(()) => w.unbind_bind_busy = cycles(g, Cycle::UnbindBind, reps, errors).await,
+            Err(e) => errors.push(format!("vanish busy-poll: {e:#}")),
+        }
+        if let Err(e) = g.set_busy_poll(0).await {
+            errors.push(format!("vanish busy-poll: {e:#}"));
         }
     }
     w.remove_rescan = cycles(g, Cycle::RemoveRescan, reps, errors).await;
@@ -422,6 +473,12 @@ async fn workloads(g: &mut Guest, args: &BenchArgs, reps: u32, errors: &mut Vec<
     }
     w
 }
+
+/// The busy-poll window the bench compares against none (`vanish ctl busy-poll`).
+const BUSY_POLL_US: u64 = 200;
+
+/// What drm_atomic_helper_wait_for_vblanks logs when a vblank never came.
+const VBLANK_TIMEOUT: &str = "vblank wait timed out";
 
 /// pciehp's attention-button delay: `device_del` presses the button and pciehp waits 5 s
 /// (the abort window) before powering the slot off; QEMU's hot-add sets presence without a
@@ -610,6 +667,45 @@ async fn guest_figures(
         .into_iter()
         .flatten(),
     );
+    // The busy-poll before/after, both sides from the same vanish boot, alternating.
+    let unpolled = "vanish, server sleeping in epoll (same boot)";
+    for (name, unit, busy, plain) in [
+        (
+            "guest 32-bit BAR read, server busy-polling",
+            "us",
+            vwork.read_us_busy.clone(),
+            vwork.read_us.clone(),
+        ),
+        (
+            "unbind+bind, server busy-polling",
+            "cycles/min",
+            per_min(&vwork.unbind_bind_busy),
+            per_min(&vwork.unbind_bind),
+        ),
+    ] {
+        if !busy.is_empty() && !plain.is_empty() {
+            f.push(figure(
+                group,
+                &format!("{name} {BUSY_POLL_US} us"),
+                unit,
+                sp(&busy),
+                Some((unpolled, sp(&plain))),
+                Goal::None,
+            ));
+        }
+    }
+    if let Some(n) = vwork.vblank_timeouts_per_bind {
+        f.push(figure(
+            group,
+            "\"vblank wait timed out\" per unbind+bind (vanish; guest console)",
+            "lines",
+            constant(n),
+            bwork
+                .vblank_timeouts_per_bind
+                .map(|b| ("in-process bochs-display", constant(b))),
+            Goal::None,
+        ));
+    }
     let floor = format!("floor: {BUTTON_DELAY} s attention-button delay");
     for (name, v) in [
         ("hot-unplug+replug cycle (vanish)", &vwork.hot_unplug),
@@ -747,18 +843,22 @@ impl Spread {
 
 /// `vanish run`'s built-in set for one card, as a child process; its wall time in seconds.
 async fn builtin_set(args: &BenchArgs, arch: Arch, model: ModelKind) -> Result<f64> {
-    let exe = std::env::current_exe().context("finding the vanish executable")?;
     let out = args.out.join(format!("{arch}-{}-set", model.name()));
+    timed_set(&args.debian_kernel, arch, model, &out).await
+}
+
+/// One `vanish run` of the built-in set (a child process, as CI runs it); its wall time.
+async fn timed_set(
+    kernel: &str,
+    arch: Arch,
+    model: ModelKind,
+    out: &std::path::Path,
+) -> Result<f64> {
+    let exe = std::env::current_exe().context("finding the vanish executable")?;
     let mut cmd = tokio::process::Command::new(exe);
     cmd.args(["run", "--arch", &arch.to_string(), "--model", model.name()])
-        .args([
-            "--debian-kernel",
-            &args.debian_kernel,
-            "--accel",
-            "tcg",
-            "--out",
-        ])
-        .arg(&out)
+        .args(["--debian-kernel", kernel, "--accel", "tcg", "--out"])
+        .arg(out)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true);
@@ -770,6 +870,99 @@ async fn builtin_set(args: &BenchArgs, arch: Arch, model: ModelKind) -> Result<f
     match status.code() {
         Some(0 | 1) => Ok(secs),
         _ => anyhow::bail!("vanish run exited {status}; see {}", out.display()),
+    }
+}
+
+/// The cards of a matrix row: Debian's amd64 kernels have no hibmc driver.
+const MATRIX_CARDS: [(Arch, ModelKind); 3] = [
+    (Arch::X86_64, ModelKind::Bochs),
+    (Arch::Aarch64, ModelKind::Bochs),
+    (Arch::Aarch64, ModelKind::Hibmc),
+];
+
+/// The measured CI matrix: the built-in set for every kernel x card, `jobs` at a time, after
+/// provisioning every cell (downloads are not what a nightly run pays). Pushes each cell's time
+/// and the whole matrix's wall time.
+async fn matrix(args: &BenchArgs, kernels: &[String], jobs: usize, report: &mut BenchReport) {
+    let cells: Vec<(String, Arch, ModelKind)> = kernels
+        .iter()
+        .flat_map(|k| MATRIX_CARDS.iter().map(move |&(a, m)| (k.clone(), a, m)))
+        .collect();
+    for (kernel, arch, model) in &cells {
+        let cfg = guest::run_config(*arch, *model, kernel, &args.out.join("matrix-provision"));
+        let dir = match tempfile::Builder::new().prefix("vanish-bench-").tempdir() {
+            Ok(d) => d,
+            Err(e) => return report.errors.push(format!("matrix: {e}")),
+        };
+        if let Err(e) = crate::runner::provision(&cfg, dir.path(), Accel::Tcg).await {
+            return report.errors.push(format!(
+                "matrix: provisioning {kernel} {arch} {}: {e:#}",
+                model.name()
+            ));
+        }
+    }
+    eprintln!(
+        "vanish bench: matrix of {} sets ({} kernels x {} cards), {jobs} at a time",
+        cells.len(),
+        kernels.len(),
+        MATRIX_CARDS.len()
+    );
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(jobs));
+    let mut set = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for (kernel, arch, model) in cells {
+        let gate = std::sync::Arc::clone(&gate);
+        let out = args
+            .out
+            .join(format!("matrix-{kernel}-{arch}-{}", model.name()));
+        set.spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            let r = timed_set(&kernel, arch, model, &out).await;
+            (kernel, arch, model, r)
+        });
+    }
+    let mut ok = true;
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((kernel, arch, model, Ok(secs))) => {
+                eprintln!(
+                    "vanish bench: matrix {kernel} {arch} {}: {secs:.0} s",
+                    model.name()
+                );
+                report.figures.push(figure(
+                    &format!("matrix {arch} {kernel} {}", model.name()),
+                    &format!("built-in set wall time, {jobs} sets at a time"),
+                    "s",
+                    constant(secs),
+                    Some(("budget: 3 min per kernel and card", constant(180.0))),
+                    Goal::RatioAtMost(1.0),
+                ));
+            }
+            Ok((kernel, arch, model, Err(e))) => {
+                ok = false;
+                report
+                    .errors
+                    .push(format!("matrix {kernel} {arch} {}: {e:#}", model.name()));
+            }
+            Err(e) => {
+                ok = false;
+                report.errors.push(format!("matrix: {e}"));
+            }
+        }
+    }
+    if ok {
+        report.figures.push(figure(
+            "matrix (measured)",
+            &format!(
+                "CI matrix {} kernels x {} cards, {jobs} at a time",
+                kernels.len(),
+                MATRIX_CARDS.len()
+            ),
+            "s",
+            constant(started.elapsed().as_secs_f64()),
+            Some(("budget: 12 min", constant(720.0))),
+            Goal::RatioAtMost(1.0),
+        ));
     }
 }
 

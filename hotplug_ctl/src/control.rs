@@ -1,6 +1,6 @@
 //! The control socket of a card server: one JSON request per line, one JSON reply per line.
 //!
-//! Verbs: `status`, `dead`, `alive`, `screenshot <path>`. The socket is created mode 0600 so only
+//! Verbs: `status`, `dead`, `alive`, `crash`, `busy-poll <us>`, `screenshot <path>`. The socket is created mode 0600 so only
 //! its owner can flip a card dead.
 
 use std::os::unix::fs::PermissionsExt;
@@ -26,6 +26,11 @@ pub enum Request {
     },
     /// The server kills itself with SIGKILL, as a crashing server dies; there is no reply.
     Crash,
+    /// Sets the transport's busy-poll window (`device::Card::set_busy_poll`), 0 to sleep in
+    /// epoll after every reply; the bench flips it to measure both in one boot.
+    BusyPoll {
+        us: u64,
+    },
 }
 
 impl Request {
@@ -41,12 +46,21 @@ impl Request {
             ["dead"] => Ok(Request::Dead),
             ["alive"] => Ok(Request::Alive),
             ["crash"] => Ok(Request::Crash),
+            ["busy-poll", us] => match us.parse::<u64>() {
+                Ok(us) if us <= device::MAX_BUSY_POLL.as_micros() as u64 => {
+                    Ok(Request::BusyPoll { us })
+                }
+                _ => bail!(
+                    "busy-poll takes microseconds from 0 to {}, not '{us}'",
+                    device::MAX_BUSY_POLL.as_micros()
+                ),
+            },
             // Absolute, resolved in the caller's directory: the server runs elsewhere.
             ["screenshot", path] => Ok(Request::Screenshot {
                 path: std::path::absolute(path).unwrap_or_else(|_| PathBuf::from(path)),
             }),
             _ => bail!(
-                "unknown control verb '{}' (expected status, dead, alive, crash or screenshot PATH)",
+                "unknown control verb '{}' (expected status, dead, alive, crash, busy-poll US or screenshot PATH)",
                 words.join(" ")
             ),
         }
@@ -89,6 +103,10 @@ pub fn handle(card: &Card, request: &Request) -> Reply {
         Request::Crash => {
             // SAFETY: signalling ourselves; nothing after this runs.
             unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            Ok(())
+        }
+        Request::BusyPoll { us } => {
+            card.set_busy_poll(Duration::from_micros(*us));
             Ok(())
         }
         Request::Screenshot { path } => {
@@ -237,6 +255,13 @@ mod tests {
             matches!(&rel, Request::Screenshot { path } if path.is_absolute() && path.ends_with("rel.png")),
             "{rel:?}"
         );
+        assert_eq!(
+            Request::from_words(&w("busy-poll 200")).unwrap(),
+            Request::BusyPoll { us: 200 }
+        );
+        assert!(Request::from_words(&w("busy-poll 1001")).is_err());
+        assert!(Request::from_words(&w("busy-poll -1")).is_err());
+        assert!(Request::from_words(&w("busy-poll")).is_err());
         assert!(Request::from_words(&w("explode")).is_err());
         assert!(Request::from_words(&w("screenshot")).is_err());
     }

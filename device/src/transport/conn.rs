@@ -489,6 +489,27 @@ impl Connection {
         }
     }
 
+    /// One non-blocking receive for the busy poll: `Ok(true)` when bytes came (and every
+    /// whole message among them was handled), `Ok(false)` when the socket had nothing.
+    pub fn poll_once(&mut self) -> Result<bool, Closed> {
+        if self.wants_write() {
+            return Ok(false);
+        }
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.rx.len() - self.end < 64 << 10 {
+            self.compact();
+        }
+        match self.recv() {
+            Ok(0) => Err(Closed::Eof),
+            Ok(_) => self.handle_buffered().map(|()| true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+            Err(e) => Err(Closed::Io(e)),
+        }
+    }
+
     /// The socket is writable again: send what is queued, then handle what was buffered.
     pub fn on_writable(&mut self) -> Result<(), Closed> {
         self.flush()?;

@@ -15,6 +15,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use log::{info, warn};
@@ -174,6 +175,7 @@ impl MutEventSubscriber for Endpoint<'_> {
                 } else {
                     Err(Closed::Io(std::io::Error::other("socket error")))
                 };
+                let result = result.and_then(|()| busy_poll(conn, self.card.busy_poll()));
                 match result {
                     Ok(()) if conn.wants_write() != before => {
                         let _ = ops.modify(conn_events(conn));
@@ -185,6 +187,34 @@ impl MutEventSubscriber for Endpoint<'_> {
             _ => {}
         }
     }
+}
+
+/// Longest one busy-poll burst runs before the loop goes back to epoll, however many requests
+/// keep coming: the vblank timer, the stop eventfd and the watchdog are serviced there, so this
+/// bounds their delay (a vblank period is 16.7 ms).
+const MAX_BUSY_BURST: Duration = Duration::from_millis(2);
+
+/// Keeps receiving on `conn` while requests follow each other within `window`, for at most
+/// [`MAX_BUSY_BURST`]; `sched_yield` between tries lets a QEMU thread that shares this core run.
+fn busy_poll(conn: &mut Connection, window: Duration) -> Result<(), Closed> {
+    if window.is_zero() {
+        return Ok(());
+    }
+    let start = Instant::now();
+    let mut last = start;
+    while !conn.wants_write() {
+        let now = Instant::now();
+        if now.duration_since(last) > window || now.duration_since(start) > MAX_BUSY_BURST {
+            break;
+        }
+        if conn.poll_once()? {
+            last = Instant::now();
+        } else {
+            // SAFETY: sched_yield has no preconditions.
+            unsafe { libc::sched_yield() };
+        }
+    }
+    Ok(())
 }
 
 /// Runs vblanks at the model's period while it has one.

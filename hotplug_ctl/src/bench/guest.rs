@@ -443,6 +443,30 @@ impl Guest {
         })
     }
 
+    /// Sets the card server's busy-poll window (vanish only; the in-process card has none).
+    pub async fn set_busy_poll(&self, us: u64) -> Result<()> {
+        let server = self
+            .server
+            .as_ref()
+            .ok_or_else(|| anyhow!("busy-poll needs the vanish card"))?;
+        let reply = server.request(&Request::BusyPoll { us }).await?;
+        if !reply.ok {
+            bail!("busy-poll {us}: {}", reply.error.unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    /// Console lines so far that contain `needle` (the guest's own account of a cycle: hibmc
+    /// before 6.14 logs a vblank timeout for every commit after a rebind).
+    pub fn console_count(&self, needle: &str) -> usize {
+        self.vm
+            .console
+            .text_since(0)
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
     /// The card server's counters now (vanish only).
     pub async fn server_stats(&self) -> Option<CardStats> {
         self.server.as_ref()?.stats().await.ok().flatten()
