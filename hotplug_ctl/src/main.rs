@@ -234,6 +234,11 @@ struct ServeArgs {
     /// Control socket for `vanish ctl` (created mode 0600).
     #[arg(long)]
     control: Option<PathBuf>,
+    /// After a reply inside a streak of quick requests, keep polling the socket this long for
+    /// the next one (0: always sleep in epoll; at most 1000).
+    #[arg(long, value_name = "US", default_value_t = serve::DEFAULT_BUSY_POLL_US,
+          value_parser = clap::value_parser!(u64).range(0..=1000))]
+    busy_poll_us: u64,
 }
 
 /// Guest memory in MiB: 128 MiB to 64 GiB.
@@ -351,6 +356,7 @@ async fn dispatch(cli: Cli) -> i32 {
                 card,
                 socket: args.socket,
                 control: args.control,
+                busy_poll: std::time::Duration::from_micros(args.busy_poll_us),
             };
             match serve::serve(cfg).await {
                 Ok(()) => exit::PASS,

@@ -54,7 +54,45 @@ struct Endpoint<'a> {
     /// test showed rare stalls (replies owed, nothing polled) under load that this repairs;
     /// their root cause is not found yet.
     watchdog: TimerFd,
+    streak: Streak,
 }
+
+/// When the last request was answered, and how many requests in a row came within the
+/// busy-poll window of the reply before: the loop spins only once that reaches
+/// [`BUSY_POLL_STREAK`].
+struct Streak {
+    last_reply: Instant,
+    count: u32,
+}
+
+impl Streak {
+    fn new(now: Instant) -> Streak {
+        Streak {
+            last_reply: now,
+            count: 0,
+        }
+    }
+
+    /// A request arrived at `now`: whether to busy-poll after answering it.
+    fn on_request(&mut self, now: Instant, window: Duration) -> bool {
+        if now.duration_since(self.last_reply) <= window {
+            self.count = self.count.saturating_add(1);
+        } else {
+            self.count = 0;
+        }
+        self.count >= BUSY_POLL_STREAK
+    }
+
+    fn replied(&mut self, now: Instant) {
+        self.last_reply = now;
+    }
+}
+
+/// Requests in a row, each within the window of the previous reply, before the loop starts
+/// busy-polling: hibmc's DDC makes thousands in a row; its vblank handler (read and clear the
+/// status, 60 times a second) makes two, which must not cost a spin each (that alone would
+/// be ~1.5% of a core at 60 Hz with a 200 us window).
+const BUSY_POLL_STREAK: u32 = 8;
 
 fn conn_events(conn: &Connection) -> Events {
     let set = if conn.wants_write() {
@@ -175,7 +213,21 @@ impl MutEventSubscriber for Endpoint<'_> {
                 } else {
                     Err(Closed::Io(std::io::Error::other("socket error")))
                 };
-                let result = result.and_then(|()| busy_poll(conn, self.card.busy_poll()));
+                let window = self.card.busy_poll();
+                let result = if window.is_zero() {
+                    result
+                } else {
+                    // Spin only inside a streak of requests that each came within the window
+                    // of the reply before: a bit-banging driver, not the two accesses of a
+                    // vblank interrupt handler 16 ms apart.
+                    let spin = self.streak.on_request(Instant::now(), window);
+                    let result = match result {
+                        Ok(()) if spin => busy_poll(conn, window),
+                        other => other,
+                    };
+                    self.streak.replied(Instant::now());
+                    result
+                };
                 match result {
                     Ok(()) if conn.wants_write() != before => {
                         let _ = ops.modify(conn_events(conn));
@@ -316,6 +368,7 @@ pub fn run(
         stop_fd,
         shared: Rc::clone(&shared),
         watchdog: TimerFd::new().map_err(|e| ServerError::Io(e.into()))?,
+        streak: Streak::new(Instant::now()),
     }));
     while !stop.load(Ordering::SeqCst) && !shared.stop.get() {
         match manager.run_with_timeout(TICK_MS) {
@@ -330,5 +383,35 @@ pub fn run(
     match shared.error.take() {
         Some(e) => Err(ServerError::Io(e)),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_poll_needs_a_streak_of_quick_requests() {
+        let window = Duration::from_micros(200);
+        let t0 = Instant::now();
+        let mut s = Streak::new(t0);
+        let at = |us: u64| t0 + Duration::from_micros(us);
+        // A vblank handler: two accesses 16.7 ms apart from the next two, never a spin.
+        for frame in 0..10u64 {
+            let base = frame * 16_700 + 20_000;
+            assert!(!s.on_request(at(base), window));
+            s.replied(at(base + 10));
+            assert!(!s.on_request(at(base + 30), window));
+            s.replied(at(base + 40));
+        }
+        // Bit-banging: 60 us apart; spins from the BUSY_POLL_STREAK-th on.
+        let start = 500_000;
+        for i in 0..20u64 {
+            let spin = s.on_request(at(start + i * 60), window);
+            assert_eq!(spin, i >= u64::from(BUSY_POLL_STREAK), "request {i}");
+            s.replied(at(start + i * 60 + 5));
+        }
+        // One long gap ends the streak.
+        assert!(!s.on_request(at(start + 20 * 60 + 10_000), window));
     }
 }
