@@ -6,6 +6,13 @@
 //! event loop and the hibmc model. (b) is a thread doing one blocking `recv` of 32 bytes and
 //! one `send` of 36 with libc, nothing else: the C-level floor for the same exchange. Both run
 //! in the same process, interleaved in blocks so host noise hits them alike.
+//!
+//! All three threads (client, server, echo) are pinned to the client's CPU. Left to the
+//! scheduler, a wake-up lands on the same CPU (a few us) or on an idle one (an IPI and a
+//! wake from idle: 30-70 us inside a VM, seen on this project's CI machines), so either side's
+//! median swung tenfold between runs and the ratio said nothing about the server. On one CPU
+//! both sides pay the same two context switches per round trip and the difference is the
+//! work the server does.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -83,6 +90,42 @@ fn recv_exact(fd: i32, buf: &mut [u8]) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// Pins the calling thread to `cpu` (best effort: a failure leaves it unpinned, which only
+/// makes the figure noisier).
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and sched_setaffinity(0, ...) only
+    // touch the set and this thread's affinity.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// The calling thread's CPU affinity before [`pin_to`], put back when this is dropped
+/// (on every return path: the caller's thread must not stay pinned).
+struct Unpin(Option<libc::cpu_set_t>);
+
+impl Unpin {
+    fn save() -> Unpin {
+        // SAFETY: as above; sched_getaffinity fills the set.
+        Unpin(unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            (libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0)
+                .then_some(set)
+        })
+    }
+}
+
+impl Drop for Unpin {
+    fn drop(&mut self) {
+        if let Some(set) = &self.0 {
+            // SAFETY: puts back the set read in save().
+            unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) };
+        }
+    }
+}
+
 /// One timed round trip: send `request`, wait for the whole reply.
 fn round_trip(fd: i32, request: &[u8], reply: &mut [u8]) -> Result<u64, ServerError> {
     let t = Instant::now();
@@ -99,15 +142,23 @@ pub fn trapped_read_vs_echo(iterations: usize) -> Result<BenchResult, ServerErro
     let model = build_model(&spec).map_err(|e| ServerError::EventLoop(e.to_string()))?;
     let card = Card::new(model);
     let stop = Arc::new(AtomicBool::new(false));
+    let _unpin = Unpin::save();
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).unwrap_or(0);
+    pin_to(cpu);
 
     let (server_client, server_end) = UnixStream::pair()?;
     let server = {
         let card = Arc::clone(&card);
         let stop = Arc::clone(&stop);
-        std::thread::spawn(move || Server::serve_connection(&card, server_end, &stop))
+        std::thread::spawn(move || {
+            pin_to(cpu);
+            Server::serve_connection(&card, server_end, &stop)
+        })
     };
     let (echo_client, echo_end) = UnixStream::pair()?;
     let echo = std::thread::spawn(move || {
+        pin_to(cpu);
         let fd = echo_end.as_raw_fd();
         let mut req = [0u8; REQUEST];
         let reply = [0u8; REPLY];

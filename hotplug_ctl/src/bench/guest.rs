@@ -312,36 +312,30 @@ impl Guest {
         }
     }
 
-    /// One unbind + bind through sysfs (bind probes synchronously); seconds.
+    /// One unbind + bind through sysfs; seconds, timed in the guest (`vanish-agent bench
+    /// cycle`) from the unbind until the driver has finished probing again.
     pub async fn unbind_bind(&mut self) -> Result<f64> {
-        let (d, b) = (self.model().linux_driver(), self.bdf.clone());
-        let t = Instant::now();
-        shell_check(&mut self.agent,
-                &format!(
-                    "echo {b} > /sys/bus/pci/drivers/{d}/unbind && echo {b} > /sys/bus/pci/drivers/{d}/bind"
-                ),
+        self.guest_cycle("unbind-bind").await
+    }
+
+    /// One sysfs remove + bus rescan (the rescan probes the driver); seconds, as above.
+    pub async fn remove_rescan(&mut self) -> Result<f64> {
+        self.guest_cycle("remove-rescan").await
+    }
+
+    async fn guest_cycle(&mut self, kind: &str) -> Result<f64> {
+        let (v, d) = self.model().pci_id();
+        let driver = self.model().linux_driver();
+        let line = self
+            .last_line(
+                &format!("vanish-agent bench cycle {kind} {v:#06x} {d:#06x} {driver}"),
                 AGENT_WAIT,
             )
             .await?;
-        self.wait_bound(Duration::from_secs(30)).await?;
-        Ok(t.elapsed().as_secs_f64())
-    }
-
-    /// One sysfs remove + bus rescan (the rescan probes the driver); seconds.
-    pub async fn remove_rescan(&mut self) -> Result<f64> {
-        let t = Instant::now();
-        shell_check(
-            &mut self.agent,
-            &format!(
-                "echo 1 > /sys/bus/pci/devices/{}/remove && echo 1 > /sys/bus/pci/rescan",
-                self.bdf
-            ),
-            AGENT_WAIT,
-        )
-        .await?;
-        self.bdf = self.find_card().await?;
-        self.wait_bound(Duration::from_secs(30)).await?;
-        Ok(t.elapsed().as_secs_f64())
+        let (bdf, secs) =
+            stats::cycle_result(&line).map_err(|e| anyhow!("{kind}: {e}: {line:?}"))?;
+        self.bdf = bdf;
+        Ok(secs)
     }
 
     /// One removal through the slot (surprise: the card goes dead 0.5 s before, as the

@@ -85,6 +85,25 @@ pub fn ns_per_read(line: &str) -> Result<f64, String> {
     Ok(ns / reads)
 }
 
+/// A `bench cycle` line as the card's address after the cycle and the cycle's seconds.
+pub fn cycle_result(line: &str) -> Result<(String, f64), String> {
+    let w = words(line);
+    let ns = number(&w, "ns")?;
+    let bdf = w.get("bdf").ok_or("no bdf")?;
+    // The agent found it in sysfs; still, only a plain function name goes into later commands.
+    if bdf.is_empty()
+        || !bdf
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+    {
+        return Err(format!("bad bdf {bdf:?}"));
+    }
+    if ns <= 0.0 {
+        return Err(format!("cycle took {ns} ns"));
+    }
+    Ok((bdf.clone(), ns / 1e9))
+}
+
 /// The printk timestamp of a console line (`[   12.345678] ...`), in seconds.
 pub fn printk_seconds(line: &str) -> Option<f64> {
     let rest = line.trim_start().strip_prefix('[')?;
@@ -149,6 +168,13 @@ mod tests {
         );
         assert!(ns_per_read("reads=0 ns=5").is_err());
         assert!(ns_per_read("vanish-agent: error").is_err());
+        assert_eq!(
+            cycle_result("bdf=0000:01:00.0 away_ns=150000000 ns=1250000000").unwrap(),
+            ("0000:01:00.0".to_string(), 1.25)
+        );
+        assert!(cycle_result("bdf=../x ns=1").is_err());
+        assert!(cycle_result("bdf=0000:01:00.0 ns=0").is_err());
+        assert!(cycle_result("ns=5").is_err());
     }
 
     #[test]

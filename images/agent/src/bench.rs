@@ -4,6 +4,7 @@
 //! vanish-agent bench fill fbdev|kms SECONDS [DEVICE]
 //! vanish-agent bench reads BDF BAR OFFSET COUNT
 //! vanish-agent bench vblank SECONDS [DEVICE]
+//! vanish-agent bench cycle unbind-bind|remove-rescan VENDOR DEVICE DRIVER
 //! ```
 //!
 //! Each prints one line of `key=value` words for the host to parse (`vanish bench` reads them
@@ -14,6 +15,11 @@
 //! bytes and frames written. `reads` maps BAR `BAR` of `BDF` through sysfs `resourceN` and does
 //! COUNT volatile 32-bit reads at OFFSET, reporting the elapsed nanoseconds: with an emulated
 //! card every read traps into QEMU (and, for vanish, goes over the vfio-user socket).
+//! `cycle` takes the card with these PCI IDs away from DRIVER and gives it back (sysfs unbind
+//! and bind, or remove and bus rescan), timed in the guest from the first write until the
+//! driver has finished probing again (its fbdev node exists). Timing it here rather than from
+//! the host keeps the rig's own agent round trips (a shell and a few processes per poll, tens
+//! of ms each under TCG) out of the figure.
 
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
@@ -22,6 +28,7 @@ use guest_protocol::ClientKind;
 
 use crate::drm::{self, IoctlError};
 use crate::fb;
+use crate::inspect::Root;
 use crate::mmap::Mapping;
 use crate::sys::open_rw;
 
@@ -227,6 +234,94 @@ pub fn reads(bdf: &str, bar: &str, offset: &str, count: &str) -> Result<String, 
     Ok(format!("reads={count} ns={ns} value={last:#010x}"))
 }
 
+/// How the card is taken away and given back by `bench cycle`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum CycleKind {
+    UnbindBind,
+    RemoveRescan,
+}
+
+/// How long `bench cycle` waits for the driver to finish probing the card again.
+const CYCLE_WAIT: Duration = Duration::from_secs(30);
+
+/// `bench cycle`: one unbind+bind or remove+rescan; prints the card's (new) address and the
+/// times.
+pub fn cycle(kind: &str, vendor: &str, device: &str, driver: &str) -> Result<String, String> {
+    cycle_in(&Root::default(), kind, vendor, device, driver, CYCLE_WAIT)
+}
+
+fn cycle_in(
+    root: &Root,
+    kind: &str,
+    vendor: &str,
+    device: &str,
+    driver: &str,
+    wait: Duration,
+) -> Result<String, String> {
+    let kind = match kind {
+        "unbind-bind" => CycleKind::UnbindBind,
+        "remove-rescan" => CycleKind::RemoveRescan,
+        other => {
+            return Err(format!(
+                "unknown cycle {other:?} (unbind-bind or remove-rescan)"
+            ))
+        }
+    };
+    let id = |s: &str| {
+        crate::peek::parse_number(s)
+            .ok()
+            .and_then(|n| u16::try_from(n).ok())
+            .ok_or_else(|| format!("bad PCI ID {s:?}"))
+    };
+    let (vendor, device) = (id(vendor)?, id(device)?);
+    if driver.is_empty() || driver.contains('/') || driver.starts_with('.') {
+        return Err(format!("bad driver name {driver:?}"));
+    }
+    let find = || root.find_card(vendor, device).into_iter().next();
+    let bdf = find().ok_or_else(|| format!("no PCI function {vendor:04x}:{device:04x}"))?;
+    let write = |path: std::path::PathBuf, value: &str| {
+        std::fs::write(&path, value)
+            .map_err(|e| format!("write {value:?} to {}: {e}", path.display()))
+    };
+    let started = Instant::now();
+    match kind {
+        CycleKind::UnbindBind => {
+            let drv = root.path("/sys/bus/pci/drivers").join(driver);
+            write(drv.join("unbind"), &bdf)?;
+        }
+        CycleKind::RemoveRescan => {
+            write(
+                root.path("/sys/bus/pci/devices").join(&bdf).join("remove"),
+                "1",
+            )?;
+        }
+    }
+    let away = started.elapsed();
+    match kind {
+        // bind probes synchronously; the wait below is for drivers that finish asynchronously.
+        CycleKind::UnbindBind => {
+            let drv = root.path("/sys/bus/pci/drivers").join(driver);
+            write(drv.join("bind"), &bdf)?;
+        }
+        CycleKind::RemoveRescan => write(root.path("/sys/bus/pci/rescan"), "1")?,
+    }
+    loop {
+        if let Some(now) = find().filter(|b| root.bound_with_fb(b, driver)) {
+            return Ok(format!(
+                "bdf={now} away_ns={} ns={}",
+                away.as_nanos(),
+                started.elapsed().as_nanos()
+            ));
+        }
+        if started.elapsed() > wait {
+            return Err(format!(
+                "{driver} did not finish probing {vendor:04x}:{device:04x} within {wait:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +364,58 @@ mod tests {
         assert!(reads("../x", "0", "0", "1").is_err());
         assert!(reads("0000:01:00.0", "0", "2", "1").is_err());
         assert!(reads("0000:01:00.0", "0", "0", "0").is_err());
+    }
+
+    #[test]
+    fn a_cycle_writes_sysfs_and_waits_for_the_probe() {
+        let root = crate::inspect::tests::tree("cycle");
+        let line = cycle_in(
+            &root,
+            "unbind-bind",
+            "0x1234",
+            "0x1111",
+            "bochs-drm",
+            CYCLE_WAIT,
+        )
+        .unwrap();
+        assert!(line.starts_with("bdf=0000:01:00.0 away_ns="), "{line}");
+        assert!(line.contains(" ns="), "{line}");
+        let drv = root.0.join("sys/bus/pci/drivers/bochs-drm");
+        assert_eq!(
+            std::fs::read_to_string(drv.join("unbind")).unwrap(),
+            "0000:01:00.0"
+        );
+        assert_eq!(
+            std::fs::read_to_string(drv.join("bind")).unwrap(),
+            "0000:01:00.0"
+        );
+        // Bound to another driver: the cycle waits for the one asked for, then says so.
+        let err = cycle_in(
+            &root,
+            "remove-rescan",
+            "0x1234",
+            "0x1111",
+            "hibmc-drm",
+            Duration::from_millis(20),
+        )
+        .unwrap_err();
+        assert!(err.contains("did not finish probing 1234:1111"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(root.0.join("sys/bus/pci/rescan")).unwrap(),
+            "1"
+        );
+        for bad in [
+            ("reset", "0x1234", "0x1111", "bochs-drm"),
+            ("unbind-bind", "0x12345", "0x1111", "bochs-drm"),
+            ("unbind-bind", "0x1234", "0x1111", "../x"),
+            ("unbind-bind", "0x19e5", "0x1711", "hibmc-drm"),
+        ] {
+            assert!(
+                cycle_in(&root, bad.0, bad.1, bad.2, bad.3, CYCLE_WAIT).is_err(),
+                "{bad:?}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&root.0);
     }
 
     #[test]

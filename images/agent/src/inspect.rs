@@ -21,7 +21,7 @@ impl Default for Root {
 }
 
 impl Root {
-    fn path(&self, abs: &str) -> PathBuf {
+    pub(crate) fn path(&self, abs: &str) -> PathBuf {
         self.0.join(abs.trim_start_matches('/'))
     }
 
@@ -57,6 +57,16 @@ impl Root {
                 id("vendor") == Some(u32::from(vendor)) && id("device") == Some(u32::from(device))
             })
             .collect()
+    }
+
+    /// Whether `driver` is bound to `bdf` and has finished probing: the driver core makes the
+    /// `driver` link before probe() runs; the fbdev node under the device comes at its end.
+    pub fn bound_with_fb(&self, bdf: &str, driver: &str) -> bool {
+        let d = self.path("/sys/bus/pci/devices").join(bdf);
+        let linked = fs::read_link(d.join("driver"))
+            .ok()
+            .is_some_and(|l| l.file_name().is_some_and(|n| n == driver));
+        linked && !self.names(&d.join("graphics"), "fb").is_empty()
     }
 
     /// The first function with these IDs as the guest sees it; only `present: false` if none.
@@ -235,7 +245,7 @@ pub fn sysfs_write(path: &str, value: &str, timeout: Duration) -> Result<(), Gue
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const INTERRUPTS: &str = "           CPU0       CPU1
@@ -252,7 +262,7 @@ mod tests {
     }
 
     /// A fake sysfs with a bochs card behind a root port.
-    fn tree(name: &str) -> Root {
+    pub(crate) fn tree(name: &str) -> Root {
         let root =
             std::env::temp_dir().join(format!("vanish-inspect-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);

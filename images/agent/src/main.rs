@@ -30,7 +30,8 @@ const USAGE: &str = "usage:
   vanish-agent peek BDF BAR OFFSET
   vanish-agent bench fill fbdev|kms SECONDS [DEVICE]
   vanish-agent bench reads BDF BAR OFFSET COUNT
-  vanish-agent bench vblank SECONDS [DEVICE]";
+  vanish-agent bench vblank SECONDS [DEVICE]
+  vanish-agent bench cycle unbind-bind|remove-rescan VENDOR DEVICE DRIVER";
 
 /// `--name value` options after the positional words.
 fn options(args: &[String], allowed: &[&str]) -> Result<Vec<(String, String)>, String> {
@@ -118,7 +119,10 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
                 ["reads", bdf, bar, offset, count] => bench::reads(bdf, bar, offset, count)?,
                 ["vblank", secs] => bench::vblank(secs, None)?,
                 ["vblank", secs, device] => bench::vblank(secs, Some(device))?,
-                _ => return Err("bench needs fill KIND SECONDS [DEVICE], reads BDF BAR OFFSET COUNT or vblank SECONDS [DEVICE]".into()),
+                ["cycle", kind, vendor, device, driver] => {
+                    bench::cycle(kind, vendor, device, driver)?
+                }
+                _ => return Err("bench needs fill KIND SECONDS [DEVICE], reads BDF BAR OFFSET COUNT, vblank SECONDS [DEVICE] or cycle KIND VENDOR DEVICE DRIVER".into()),
             };
             println!("{line}");
             Ok(ExitCode::SUCCESS)
