@@ -9,9 +9,11 @@
 //! kernel, initramfs and agent booted alternately with the vanish card and with QEMU's
 //! in-process `bochs-display` on the same root port (the nearest built-in card for hibmc too):
 //! boot to driver bound (with where the time goes and the server's access counts), frame fill
-//! through the fbdev mapping and a KMS dumb buffer, trapped BAR reads, unbind+bind,
-//! remove+rescan, hot-unplug+replug and surprise+replug cycles (the slot modes against the
-//! pciehp attention-button floor), and the card server's footprint. `--builtin-set` also times
+//! through the fbdev mapping and a KMS dumb buffer, trapped BAR reads, unbind+bind and
+//! remove+rescan cycles (timed in the guest by `vanish-agent bench cycle`, so the agent's own
+//! round trips stay out), hot-unplug+replug and surprise+replug cycles (timed from the host,
+//! which drives the slot; against the pciehp attention-button floor), and the card server's
+//! footprint. `--builtin-set` also times
 //! `vanish run`'s built-in set per card. Guests run one at a time, never two.
 
 mod guest;

@@ -120,6 +120,11 @@ pub fn rss_kib(status: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
+/// The time on CPU (ns) of a /proc/PID/task/TID/schedstat text (its first field).
+pub fn schedstat_ns(schedstat: &str) -> Option<u64> {
+    schedstat.split_whitespace().next()?.parse().ok()
+}
+
 /// utime + stime (clock ticks) of a /proc/PID/stat text. The command name (field 2) may hold
 /// spaces and parentheses, so fields are counted after its last ')'.
 pub fn cpu_ticks(stat: &str) -> Option<u64> {
@@ -198,5 +203,7 @@ mod tests {
         let odd = "7 (a) b) R 1 1 1 0 -1 0 0 0 0 0 40 2 0 0";
         assert_eq!(cpu_ticks(odd), Some(42));
         assert_eq!(cpu_ticks("garbage"), None);
+        assert_eq!(schedstat_ns("123456789 4242 17\n"), Some(123456789));
+        assert_eq!(schedstat_ns(""), None);
     }
 }
