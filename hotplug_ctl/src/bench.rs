@@ -13,8 +13,8 @@
 //! remove+rescan cycles (timed in the guest by `vanish-agent bench cycle`, so the agent's own
 //! round trips stay out), hot-unplug+replug and surprise+replug cycles (timed from the host,
 //! which drives the slot; against the pciehp attention-button floor), and the card server's
-//! footprint. `--builtin-set` also times
-//! `vanish run`'s built-in set per card. Guests run one at a time, never two.
+//! footprint. `--builtin-set` also times `vanish run`'s built-in set per card. Guests run one
+//! at a time, never two.
 
 mod guest;
 pub mod stats;

@@ -484,8 +484,6 @@ pub struct Footprint {
     pub vblank_waiter: String,
 }
 
-/// The RunConfig a bench guest uses: the runner's defaults, 1 vCPU (the bench shares the
-/// machine; one vCPU thread keeps TCG off the second core the server and QEMU's I/O need).
 /// CPU time (ns) of every thread of process `pid` so far: the sum of their schedstat run
 /// times, which are exact, where utime+stime come in 10 ms ticks (0.1% of a core over 10 s,
 /// as much as the goal's margin). Falls back to the ticks if schedstat is not there
@@ -509,6 +507,8 @@ fn process_cpu_ns(pid: u32) -> Result<u64> {
     Ok(total)
 }
 
+/// The RunConfig a bench guest uses: the runner's defaults, 1 vCPU (the bench shares the
+/// machine; one vCPU thread keeps TCG off the second core the server and QEMU's I/O need).
 pub fn run_config(arch: images::Arch, model: ModelKind, kernel: &str, out: &Path) -> RunConfig {
     RunConfig {
         card: device::CardSpec::of(model),

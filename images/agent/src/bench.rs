@@ -283,30 +283,36 @@ fn cycle_in(
         std::fs::write(&path, value)
             .map_err(|e| format!("write {value:?} to {}: {e}", path.display()))
     };
-    let started = Instant::now();
-    match kind {
+    // What takes the card away and what gives it back: (file, value) each.
+    let (away_to, back_to) = match kind {
         CycleKind::UnbindBind => {
             let drv = root.path("/sys/bus/pci/drivers").join(driver);
-            write(drv.join("unbind"), &bdf)?;
+            (
+                (drv.join("unbind"), bdf.as_str()),
+                (drv.join("bind"), bdf.as_str()),
+            )
         }
-        CycleKind::RemoveRescan => {
-            write(
+        CycleKind::RemoveRescan => (
+            (
                 root.path("/sys/bus/pci/devices").join(&bdf).join("remove"),
                 "1",
-            )?;
-        }
-    }
+            ),
+            (root.path("/sys/bus/pci/rescan"), "1"),
+        ),
+    };
+    let started = Instant::now();
+    write(away_to.0, away_to.1)?;
     let away = started.elapsed();
-    match kind {
-        // bind probes synchronously; the wait below is for drivers that finish asynchronously.
-        CycleKind::UnbindBind => {
-            let drv = root.path("/sys/bus/pci/drivers").join(driver);
-            write(drv.join("bind"), &bdf)?;
-        }
-        CycleKind::RemoveRescan => write(root.path("/sys/bus/pci/rescan"), "1")?,
-    }
+    // bind and rescan probe synchronously; the wait below is for drivers that finish later.
+    write(back_to.0, back_to.1)?;
+    // A rescan may give the card another address; a rebind keeps it (and the poll below
+    // stays two sysfs reads, not a walk of every PCI function each millisecond).
+    let current = || match kind {
+        CycleKind::UnbindBind => Some(bdf.clone()),
+        CycleKind::RemoveRescan => find(),
+    };
     loop {
-        if let Some(now) = find().filter(|b| root.bound_with_fb(b, driver)) {
+        if let Some(now) = current().filter(|b| root.bound_with_fb(b, driver)) {
             return Ok(format!(
                 "bdf={now} away_ns={} ns={}",
                 away.as_nanos(),
